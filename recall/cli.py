@@ -1,0 +1,298 @@
+"""The `recall` command line: verbs, exit codes, one clear stderr line on failure."""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from recall.errors import EXIT_BUG, RecallError, SpecError
+
+DESCRIPTION = """\
+Offline batch recall: train ALS on a window of the interaction log, compute u2i / i2i / popular
+candidates with FAISS, and publish them as Parquet tables, atomically.
+
+Exit codes: 0 published (or already published), 1 internal error, 2 bad command line or job spec,
+3 bad or missing input, 4 quality gate refused, 5 output not writable, 75 job already running.
+"""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (exit 2), like every other failure."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise SpecError(f"{self.prog}: {message}", hint=f"see `{self.prog} --help`")
+
+
+def project_root(args: argparse.Namespace) -> Path:
+    root = args.root or os.environ.get("RECALL_ROOT") or os.getcwd()
+    return Path(root).resolve()
+
+
+def parse_date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise SpecError(f"bad date {text!r}: expected YYYY-MM-DD") from None
+
+
+def yesterday(timezone: str) -> dt.date:
+    return dt.datetime.now(ZoneInfo(timezone)).date() - dt.timedelta(days=1)
+
+
+def load(args: argparse.Namespace, job: str | None = None):
+    from recall.config import load_spec, resolve_job_path
+
+    root = project_root(args)
+    return load_spec(resolve_job_path(job or args.job, root), getattr(args, "set", None) or []), root
+
+
+def add_job_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("job", metavar="JOB", help="a job spec: path to a TOML file, or a name in jobs/")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a spec key, e.g. --set model.factors=128 (repeatable)")
+
+
+# --- verbs -----------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from recall import history
+    from recall.pipeline import RunOptions, run_job
+
+    spec, root = load(args)
+    if args.catch_up:
+        if args.date:
+            raise SpecError("--catch-up and --date do not go together")
+        dates = history.missing_dates(spec, root, yesterday(spec.job.timezone))
+        if not dates:
+            print(f"{spec.name}: nothing to catch up (published through {yesterday(spec.job.timezone)})")
+            return 0
+        return run_dates(spec, root, dates, args, keep_going=False)
+    date = parse_date(args.date) if args.date else yesterday(spec.job.timezone)
+    result = run_job(spec, RunOptions(date, root, args.force, args.skip_gate, progress=sys.stderr.isatty()))
+    report_result(result)
+    return 0
+
+
+def report_result(result) -> None:
+    if result.status == "skipped":
+        print(f"{result.job} {result.date}: already published, skipped (use --force to replace it)")
+        return
+    tables = result.manifest["tables"]
+    print(f"{result.job} {result.date}: published "
+          + ", ".join(f"{name} {t['rows']:,} rows" for name, t in tables.items())
+          + f" under {result.output}")
+
+
+def run_dates(spec, root: Path, dates: list[dt.date], args: argparse.Namespace, keep_going: bool) -> int:
+    """Run each date in order; a summary table; the worst exit code."""
+    from recall.pipeline import RunOptions, run_job
+
+    rows = []
+    worst = 0
+    for date in dates:
+        try:
+            result = run_job(spec, RunOptions(date, root, args.force, args.skip_gate,
+                                              progress=sys.stderr.isatty()))
+            rows.append((date.isoformat(), result.status, 0, ""))
+        except RecallError as exc:
+            rows.append((date.isoformat(), "failed", exc.exit_code, str(exc)))
+            worst = max(worst, exc.exit_code)
+            if not keep_going:
+                break
+    for date in dates[len(rows):]:
+        rows.append((date.isoformat(), "not run", "", "stopped at the first failure (--keep-going runs on)"))
+    width = max(len(r[1]) for r in rows)
+    print(f"{'date':<10}  {'status':<{width}}  exit  detail")
+    for date, status, code, detail in rows:
+        print(f"{date:<10}  {status:<{width}}  {str(code):>4}  {detail[:100]}")
+    if worst:
+        failed = next(r for r in rows if r[2] == worst)
+        raise BatchFailed(f"{spec.name}: {sum(1 for r in rows if r[1] == 'failed')} of {len(dates)} date(s) failed "
+                          f"(first worst: {failed[0]}: {failed[3]})", worst)
+    return 0
+
+
+class BatchFailed(RecallError):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message, hint="see the table above and the job's log")
+        self.exit_code = code
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    spec, root = load(args)
+    start, end = parse_date(args.from_date), parse_date(args.to_date)
+    if end < start:
+        raise SpecError(f"--to {end} is before --from {start}")
+    dates = [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
+    return run_dates(spec, root, dates, args, keep_going=args.keep_going)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from recall.io import Window, read_window
+    from recall.matrix import encode
+    from recall.validate import validate
+
+    spec, root = load(args)
+    date = parse_date(args.date) if args.date else yesterday(spec.job.timezone)
+    window = Window(date, spec.job.lookback_days, spec.job.timezone)
+    raw = read_window(spec.input, window, root)
+    clean, bad = validate(raw, spec.input)
+    inter = encode(clean)
+    print(f"{spec.name}: spec {spec.source} is valid (hash {spec.spec_hash()})")
+    print(f"window {window.start}..{date}: {raw.rows:,} rows in {len(raw.files)} file(s), "
+          f"{bad.bad_rows:,} bad ({bad.fraction:.3%}, limit {spec.input.max_bad_fraction:.2%}), "
+          f"{len(inter.users):,} users x {len(inter.items):,} items")
+    for c in bad.by_check[:10]:
+        print(f"  bad: {c['file']} column {c['column']!r}: {c['check']}, {c['rows']} rows")
+    if raw.missing_days:
+        print(f"  days without data: {', '.join(raw.missing_days)}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from recall.status import print_status
+
+    root = project_root(args)
+    return print_status(root, args.job, lambda job: load(args, job)[0])
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from recall.synth import SynthSpec, generate
+
+    spec, root = load(args)
+    end = parse_date(args.end) if args.end else yesterday(spec.job.timezone)
+    target = Path(spec.input.path) if Path(spec.input.path).is_absolute() else root / spec.input.path
+    synth = SynthSpec(users=args.users, items=args.items, rows_per_day=args.rows_per_day, days=args.days,
+                      seed=args.seed)
+    files = generate(target, end, synth)
+    print(f"wrote {len(files)} day(s) of synthetic interactions ({files[0].parent.name}..{files[-1].parent.name}) "
+          f"under {target}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Generate the example job's input if absent, run it for yesterday, show what was published."""
+    from recall.pipeline import RunOptions, job_dir, run_job
+    from recall.reader import read_table
+    from recall.synth import SynthSpec, generate
+
+    spec, root = load(args, "example")
+    date = yesterday(spec.job.timezone)
+    target = root / spec.input.path
+    if not (target / f"dt={date.isoformat()}").exists():
+        generate(target, date, SynthSpec(days=max(spec.job.lookback_days, 28)))
+        print(f"generated a synthetic interaction log under {target}")
+    result = run_job(spec, RunOptions(date, root, force=False, progress=sys.stderr.isatty()))
+    report_result(result)
+    out = job_dir(spec, root)
+    manifest = result.manifest or {}
+    metrics = (manifest.get("metrics") or {}).get("merged")
+    if metrics:
+        print(f"holdout recall@{manifest['metrics']['k']}: merged {metrics['recall']:.4f}, "
+              f"popular baseline {manifest['metrics']['popular_baseline']['recall']:.4f}")
+    import pandas as pd
+
+    with pd.option_context("display.width", 120, "display.max_columns", 10):
+        for table in manifest.get("tables", {}):
+            frame = read_table(spec.name, table, date.isoformat(), output=out.root.parent)
+            print(f"\n{table}: {len(frame):,} rows in {out.partition(table, date.isoformat())}")
+            print(frame.head(5).to_string(index=False))
+    print(f"\nmanifest: {out.manifest(date.isoformat())}\nlog: {root / spec.log.dir / (spec.name + '.log')}")
+    return 0
+
+
+def cmd_cron(args: argparse.Namespace) -> int:
+    from recall import schedule
+
+    root = project_root(args)
+    return schedule.command(args.action, root, args.tabfile)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="recall", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", metavar="DIR",
+                        help="project folder holding jobs/, crontab/, logs/, data/ (default: $RECALL_ROOT or .)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB", parser_class=Parser)
+
+    p = sub.add_parser("run", help="run one job for one date (default: yesterday)",
+                       description="Run JOB for one date: read the window, train, search, publish. "
+                                   "A date already published is skipped unless --force.")
+    add_job_args(p)
+    p.add_argument("--date", metavar="YYYY-MM-DD", help="run date (default: yesterday in the job's time zone)")
+    p.add_argument("--force", action="store_true", help="replace the date's output if already published")
+    p.add_argument("--skip-gate", action="store_true", help="publish even if the quality gate fails (recorded)")
+    p.add_argument("--catch-up", action="store_true",
+                   help="run every date missing since the last published one, up to yesterday")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("backfill", help="run a range of dates in order",
+                       description="Run JOB for each date from --from to --to (inclusive), in order.")
+    add_job_args(p)
+    p.add_argument("--from", dest="from_date", required=True, metavar="YYYY-MM-DD")
+    p.add_argument("--to", dest="to_date", required=True, metavar="YYYY-MM-DD")
+    p.add_argument("--force", action="store_true", help="replace dates already published")
+    p.add_argument("--skip-gate", action="store_true", help="publish even if the quality gate fails")
+    p.add_argument("--keep-going", action="store_true", help="go on after a failed date")
+    p.set_defaults(func=cmd_backfill)
+
+    p = sub.add_parser("status", help="what is published, when, rows, metrics, last failure",
+                       description="Show, per job, the last published date, its age, rows, duration, "
+                                   "the last failure and the next scheduled run.")
+    p.add_argument("job", metavar="JOB", nargs="?", help="one job (default: every spec in jobs/)")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("check", help="validate a spec and its input without running",
+                       description="Load and validate JOB's spec, read and validate its input window.")
+    add_job_args(p)
+    p.add_argument("--date", metavar="YYYY-MM-DD", help="window end (default: yesterday)")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("cron", help="install, remove or show the crontab entries",
+                       description="Manage one crontab entry per job spec in jobs/ with a [job] schedule.")
+    p.add_argument("action", choices=("install", "remove", "show"))
+    p.add_argument("--tabfile", metavar="PATH", help="a crontab file instead of the user's crontab")
+    p.set_defaults(func=cmd_cron)
+
+    p = sub.add_parser("generate", help="write a synthetic interaction log to a job's input path",
+                       description="Write a deterministic synthetic log (Hive dt= partitions) to JOB's "
+                                   "[input] path: power-law users and items, view/click/purchase events.")
+    add_job_args(p)
+    p.add_argument("--end", metavar="YYYY-MM-DD", help="last day (default: yesterday)")
+    p.add_argument("--days", type=int, default=28)
+    p.add_argument("--users", type=int, default=20_000)
+    p.add_argument("--items", type=int, default=5_000)
+    p.add_argument("--rows-per-day", type=int, default=20_000)
+    p.add_argument("--seed", type=int, default=7)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("demo", help="generate data for jobs/example.toml, run it, show the tables",
+                       description="The first thing to try: runs the example job end to end.")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from loguru import logger
+
+    from recall.logs import setup_console
+
+    setup_console(verbose="-v" in (argv or sys.argv[1:]) or "--verbose" in (argv or sys.argv[1:]))
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except RecallError as exc:
+        print(f"recall: {exc.line()}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("recall: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: one line here, the traceback in the log
+        logger.bind(console=False).opt(exception=exc).error("internal error")
+        print(f"recall: internal error (a bug): {type(exc).__name__}: {exc}; details in the job's log",
+              file=sys.stderr)
+        return EXIT_BUG

@@ -1,0 +1,76 @@
+"""Reader API for downstream: a published recall table as a pandas DataFrame.
+
+Only published partitions are read (named by _LATEST or having a manifest and _SUCCESS of the
+same run), and exactly the files their _SUCCESS lists, through one open handle on the
+partition folder, so a rerun swapping the partition mid-read cannot mix two runs.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from recall.publish import SUCCESS, JobDir, is_published, latest
+
+TABLES = ("u2i", "i2i", "popular")
+
+
+def published_dates(job: str, output: str | Path = "data/recall") -> list[str]:
+    """Dates of `job` whose tables are all published, oldest first."""
+    from recall.publish import published_dates as dates
+
+    return dates(JobDir(Path(output) / job))
+
+
+def read_table(job: str, table: str = "u2i", date: str | None = None, output: str | Path = "data/recall",
+               columns: list[str] | None = None) -> pd.DataFrame:
+    """The `table` of `job` for `date` (default: the newest published date, from _LATEST).
+
+    `output` is the job spec's [output] path. Raises LookupError when nothing is published.
+    """
+    return read_arrow(job, table, date, output, columns).to_pandas()
+
+
+def read_arrow(job: str, table: str = "u2i", date: str | None = None, output: str | Path = "data/recall",
+               columns: list[str] | None = None) -> pa.Table:
+    if table not in TABLES:
+        raise ValueError(f"unknown table {table!r}; tables: {', '.join(TABLES)}")
+    out = JobDir(Path(output) / job)
+    date = date or latest(out)
+    if not date:
+        raise LookupError(f"nothing published for job {job} under {output}")
+    if not is_published(out, date):
+        raise LookupError(f"{job} {date} is not published under {output}")
+    for _ in range(5):
+        try:
+            return read_partition(out.partition(table, date), columns)
+        except FileNotFoundError:
+            continue  # the partition was swapped under us between listing and opening: read again
+    raise LookupError(f"{job} {table} {date} kept changing while being read")
+
+
+def read_partition(folder: Path, columns: list[str] | None) -> pa.Table:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        marker = json.loads(read_at(fd, SUCCESS))
+        parts = []
+        for name in marker["files"]:
+            handle = os.open(name, os.O_RDONLY, dir_fd=fd)
+            with os.fdopen(handle, "rb") as fh:
+                parts.append(pq.read_table(fh, columns=columns))
+        table = pa.concat_tables(parts)
+        if table.num_rows != marker["rows"]:
+            raise RuntimeError(f"{folder}: read {table.num_rows} rows, _SUCCESS says {marker['rows']}")
+        return table
+    finally:
+        os.close(fd)
+
+
+def read_at(dir_fd: int, name: str) -> bytes:
+    handle = os.open(name, os.O_RDONLY, dir_fd=dir_fd)
+    with os.fdopen(handle, "rb") as fh:
+        return fh.read()

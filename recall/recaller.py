@@ -1,0 +1,194 @@
+"""A fitted recall model: the sources of a job wired together, answering for any batch of users.
+
+The same object serves the holdout evaluation (trained on the split) and the published tables
+(trained on the whole window), so what is measured is what is served.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import scipy.sparse as sp
+from loguru import logger
+
+from recall import candidates as cand
+from recall.config import JobSpec
+from recall.index import Searcher, approx_index, exact_index, normalised
+from recall.matrix import US_PER_DAY, Interactions, confidence, decayed, seen_matrix, to_csr
+from recall.train import Factors, train_als
+
+I2I_BATCH = 8192
+
+
+@dataclass
+class Recaller:
+    spec: JobSpec
+    inter: Interactions
+    seen: sp.csr_matrix
+    allowed: np.ndarray  # bool per item: not blocklisted
+    popular: cand.Ranking
+    factors: Factors | None = None
+    searcher: Searcher | None = None
+    search_mode: str = "exact"
+    recent_popular: cand.Ranking | None = None
+    neighbours: np.ndarray | None = None  # n_items x N cosine neighbours (int64, -1 pads)
+    similarity: np.ndarray | None = None
+    recent_items: np.ndarray | None = None  # n_users x R, most recent first
+    info: dict = field(default_factory=dict)
+
+    @property
+    def n_users(self) -> int:
+        return self.seen.shape[0]
+
+    @property
+    def n_items(self) -> int:
+        return self.seen.shape[1]
+
+    @property
+    def allowed_count(self) -> int:
+        return int(self.allowed.sum())
+
+    def batch(self, users: np.ndarray) -> cand.Batch:
+        return cand.Batch(users.astype(np.int64), self.seen[users], self.n_items)
+
+    def source_lists(self, batch: cand.Batch, k: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """Each configured source's own top-k (unseen, allowed) for the batch."""
+        out = []
+        for name in self.spec.recall.u2i.sources:
+            if name == "als":
+                items, scores = cand.nearest_unseen(self.searcher, self.factors.users[batch.users], batch,
+                                                    self.allowed, k)
+            elif name == "popular":
+                items, scores = cand.from_ranking(self.popular, batch, np.full(batch.size, k))
+            elif name == "recent_popular":
+                items, scores = cand.from_ranking(self.recent_popular, batch, np.full(batch.size, k))
+            else:  # item_based
+                items, scores = cand.item_based(self.neighbours, self.similarity,
+                                                self.recent_items[batch.users], batch, self.allowed, k)
+            out.append((name, items, scores))
+        return out
+
+    def recommend(self, users: np.ndarray, k: int | None = None) -> cand.Merged:
+        """The merged u2i lists for `users`: blended sources topped up from the fallback."""
+        k = k or self.spec.recall.u2i.k
+        u2i = self.spec.recall.u2i
+        batch = self.batch(users)
+        merged = cand.blend(self.source_lists(batch, k), k, u2i.blend, u2i.quotas, u2i.weights)
+        allowed_seen = cand.allowed_seen_counts(batch, self.allowed)
+        return cand.top_up(merged, self.popular, batch, self.allowed_count, allowed_seen, k)
+
+    def similar_items(self, items: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """i2i rows for `items`: top-k cosine neighbours among allowed items, itself excluded."""
+        return self.neighbours[items, :k], self.similarity[items, :k]
+
+
+def fit(inter: Interactions, spec: JobSpec, window_end_us: int, blocked: np.ndarray,
+        show_progress: bool = False, need_i2i: bool = True) -> Recaller:
+    """Train what the job's sources need and build the indexes over allowed items."""
+    counts = to_csr(inter)
+    seen = seen_matrix(counts)
+    allowed = ~blocked
+    popular_days = spec.recall.popular.days
+    rec = Recaller(spec, inter, seen, allowed,
+                   popularity(inter, allowed, window_end_us, popular_days, 0.0))
+    sources = set(spec.recall.u2i.sources)
+    if "recent_popular" in sources:
+        rp = spec.recall.recent_popular
+        rec.recent_popular = popularity(inter, allowed, window_end_us, rp.days, rp.half_life_days)
+    wants_i2i = need_i2i and spec.recall.i2i.k > 0
+    if sources & {"als", "item_based"} or wants_i2i:
+        weights = decayed(inter.weight, inter.ts, window_end_us, spec.model.half_life_days)
+        r = confidence(to_csr(inter, weights), spec.model)
+        rec.factors = train_als(r, spec.model, show_progress=show_progress)
+        allowed_idx = np.flatnonzero(allowed)
+        if "als" in sources:
+            rec.searcher, rec.search_mode = build_searcher(rec.factors.items, allowed_idx, spec)
+        if "item_based" in sources or wants_i2i:
+            depth = max(spec.recall.i2i.k if wants_i2i else 0,
+                        spec.recall.item_based.neighbours if "item_based" in sources else 0)
+            rec.neighbours, rec.similarity = cosine_neighbours(rec.factors.items, allowed_idx, depth)
+        if "item_based" in sources:
+            rec.recent_items = recent_items(inter, spec.recall.item_based.recent_items)
+    return rec
+
+
+def build_searcher(item_vectors: np.ndarray, allowed_idx: np.ndarray, spec: JobSpec) -> tuple[Searcher, str]:
+    u2i = spec.recall.u2i
+    approx = u2i.search == "approx" or (u2i.search == "auto" and allowed_idx.size >= u2i.approx_min_items)
+    if approx:
+        return approx_index(item_vectors[allowed_idx], allowed_idx, u2i.nlist, u2i.nprobe,
+                            spec.model.random_state), "approx"
+    return exact_index(item_vectors[allowed_idx], allowed_idx), "exact"
+
+
+def cosine_neighbours(item_vectors: np.ndarray, allowed_idx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k cosine neighbours of every item among allowed items, the item itself excluded."""
+    unit = normalised(item_vectors)
+    searcher = exact_index(unit[allowed_idx], allowed_idx)
+    n = len(unit)
+    items = np.full((n, k), -1, np.int64)
+    scores = np.full((n, k), -np.inf, np.float32)
+    for start in range(0, n, I2I_BATCH):
+        rows = np.arange(start, min(start + I2I_BATCH, n))
+        items[rows], scores[rows] = cand.ranked_neighbours(searcher, unit[rows], rows, k)
+    return items, scores
+
+
+def popularity(inter: Interactions, allowed: np.ndarray, end_us: int, days: int,
+               half_life_days: float) -> cand.Ranking:
+    """Allowed items by distinct users (each user's latest interaction decayed), best first.
+
+    Distinct users rather than raw weight, so one heavy user cannot make an item popular.
+    """
+    n_items = len(inter.items)
+    mask = np.ones(len(inter.user_idx), dtype=bool)
+    if days > 0 and inter.ts is not None:
+        mask = inter.ts >= end_us - days * US_PER_DAY
+    frame = pd.DataFrame({"u": inter.user_idx[mask], "i": inter.item_idx[mask]})
+    if half_life_days > 0 and inter.ts is not None:
+        frame["t"] = inter.ts[mask]
+        last = frame.groupby(["u", "i"], sort=False)["t"].max()
+        age = np.maximum(end_us - last.to_numpy(), 0) / US_PER_DAY
+        score = np.bincount(last.index.get_level_values("i"), weights=np.exp2(-age / half_life_days),
+                            minlength=n_items)
+    else:
+        pairs = frame.drop_duplicates()
+        score = np.bincount(pairs["i"].to_numpy(), minlength=n_items).astype(np.float64)
+    items = np.flatnonzero(allowed)
+    order = np.lexsort((items, -score[items]))
+    return cand.Ranking(items[order].astype(np.int64), score[items][order].astype(np.float32))
+
+
+def recent_items(inter: Interactions, r: int) -> np.ndarray:
+    """Each user's r most recent distinct items (by time, else by weight), -1 padded."""
+    n_users = len(inter.users)
+    order_key = inter.ts if inter.ts is not None else inter.weight
+    frame = pd.DataFrame({"u": inter.user_idx, "i": inter.item_idx, "t": order_key})
+    frame = frame.sort_values(["u", "t", "i"], ascending=[True, False, True], kind="stable")
+    frame = frame.drop_duplicates(["u", "i"])
+    frame["pos"] = frame.groupby("u", sort=False).cumcount()
+    frame = frame[frame["pos"] < r]
+    out = np.full((n_users, r), -1, np.int64)
+    out[frame["u"].to_numpy(), frame["pos"].to_numpy()] = frame["i"].to_numpy()
+    return out
+
+
+def blocked_items(items: "pa.Array", ids: list, where: str) -> np.ndarray:
+    """Mask over the item map of blocklisted ids (ids of the other type are converted when exact)."""
+    from recall.matrix import IdMap
+
+    mask = np.zeros(len(items), dtype=bool)
+    if not ids:
+        return mask
+    if pa.types.is_integer(items.type):
+        conv = [int(x) for x in ids if isinstance(x, int) or (isinstance(x, str) and x.lstrip("-").isdigit())]
+        arr = pa.array(conv, pa.int64())
+    else:
+        arr = pa.array([str(x) for x in ids], pa.string())
+    if len(arr) < len(ids):
+        logger.warning(f"{where}: {len(ids) - len(arr)} blocklist ids are not {items.type} ids and were ignored")
+    pos = IdMap(items).index_of(arr)
+    mask[pos[pos >= 0]] = True
+    return mask

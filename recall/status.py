@@ -1,0 +1,62 @@
+"""`recall status`: per job, what is published, how old, how big, how long, what failed, what's next."""
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from pathlib import Path
+
+from recall import history
+from recall.errors import RecallError
+from recall.publish import latest, read_manifest
+
+
+def job_row(spec, root: Path) -> dict:
+    from recall.pipeline import job_dir
+    from recall.schedule import next_runs
+
+    out = job_dir(spec, root)
+    last = latest(out)
+    manifest = read_manifest(out, last) if last else None
+    runs = history.runs(out)
+    failure = next((r for r in reversed(runs) if r.get("status") == "failed"), None)
+    published_at = (manifest or {}).get("published_at")
+    age = ""
+    if published_at:
+        hours = (dt.datetime.now(dt.timezone.utc) - dt.datetime.fromisoformat(published_at)).total_seconds() / 3600
+        age = f"{hours:.1f}h" if hours < 48 else f"{hours / 24:.1f}d"
+    tables = (manifest or {}).get("tables", {})
+    metrics = ((manifest or {}).get("metrics") or {}).get("merged") or {}
+    last_ok = next((r for r in reversed(runs) if r.get("status") == "published" and r.get("date") == last), None)
+    return {
+        "job": spec.name,
+        "latest": last or "-",
+        "age": age or "-",
+        "u2i": f"{tables['u2i']['rows']:,}" if "u2i" in tables else "-",
+        "i2i": f"{tables['i2i']['rows']:,}" if "i2i" in tables else "-",
+        "recall": f"{metrics['recall']:.4f}" if metrics else "-",
+        "duration": f"{last_ok['duration_s']:.0f}s" if last_ok else "-",
+        "last failure": (f"{failure['date']} exit {failure['exit_code']}: {failure.get('error', '')[:60]}"
+                         if failure else "-"),
+        "next run": next_runs(spec.job.schedule, 1)[0].strftime("%Y-%m-%d %H:%M") if spec.job.schedule else "-",
+    }
+
+
+def print_status(root: Path, job: str | None, load: Callable) -> int:
+    names = [job] if job else sorted(p.stem for p in (root / "jobs").glob("*.toml"))
+    rows = []
+    for name in names:
+        try:
+            rows.append(job_row(load(name), root))
+        except RecallError as exc:
+            if job:
+                raise
+            rows.append({"job": name, "latest": "-", "last failure": f"spec error: {exc}"[:70]})
+    if not rows:
+        print(f"no job specs in {root / 'jobs'}")
+        return 0
+    cols = ["job", "latest", "age", "u2i", "i2i", "recall", "duration", "next run", "last failure"]
+    widths = {c: max(len(c), *(len(str(r.get(c, "-"))) for r in rows)) for c in cols}
+    print("  ".join(c.ljust(widths[c]) for c in cols).rstrip())
+    for r in rows:
+        print("  ".join(str(r.get(c, "-")).ljust(widths[c]) for c in cols).rstrip())
+    return 0
