@@ -176,18 +176,17 @@ def run_locked(spec: JobSpec, opts: RunOptions, out: publish.JobDir, run_id: str
         "tables": {name: {"rows": m["rows"], "files": m["files"]} for name, m in markers.items()},
         "metrics": metrics, "gate": {"checks": checks, "skipped": opts.skip_gate},
     }
-    with timer.step("publish"):
-        try:
+    try:
+        with timer.step("publish"):
             for name in markers:
                 publish.publish_partition(staged / name / f"dt={date}", out.partition(name, date))
-            manifest["timings"] = timer.timings
-            manifest["published_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-            publish.write_atomic(out.manifest(date), json_dump(manifest))
-            newest = publish.set_latest(out, date)
-            removed = publish.retire(out, spec.output.keep_days, list(TABLES), run_id)
-        except OSError as exc:
-            raise publish.output_error(exc, out.root) from None
-    manifest["timings"] = timer.timings  # publish's own time, for the log
+        manifest["timings"] = timer.timings
+        manifest["published_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        publish.write_atomic(out.manifest(date), json_dump(manifest))
+        newest = publish.set_latest(out, date)  # only now, after every table and the manifest
+        removed = publish.retire(out, spec.output.keep_days, list(TABLES), run_id)
+    except OSError as exc:
+        raise publish.output_error(exc, out.root) from None
     logger.info(f"published {date} (latest {newest}); timings "
                 + ", ".join(f"{k} {v:.2f}s" for k, v in timer.timings.items())
                 + (f"; retired {', '.join(removed)}" if removed else ""))
