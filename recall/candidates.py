@@ -233,6 +233,9 @@ def fuse(lists: list[tuple[str, np.ndarray, np.ndarray]], k: int, weights: dict[
     contrib = w / (RRF_OFFSET + 1 + rank)
     code = np.hstack([np.full(i.shape, SOURCE_CODE[name], np.int8) for name, i, _ in lists])
     valid = items >= 0
+    if not valid.any():
+        return Merged(np.full((n_rows, k), -1, np.int64), np.full((n_rows, k), -np.inf, np.float32),
+                      np.full((n_rows, k), -1, np.int8))
     width = int(items.max(initial=0)) + 1
     row = np.broadcast_to(np.arange(n_rows)[:, None], items.shape)[valid].astype(np.int64)
     keys = row * width + items[valid]

@@ -19,7 +19,8 @@ from recall.errors import InputError
 
 DT_RE = re.compile(r"^dt=(.*)$")
 INT_TEXT_RE = r"^(0|-?[1-9][0-9]{0,18})$"
-FLOAT_TEXT_RE = r"^[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$"
+NUMBER_TEXT_RE = r"^[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$"
+FLOAT_MARK_RE = r"[.eE]"
 TEXT_SUFFIXES = (".csv", ".tsv", ".txt", ".dat")
 DEFAULT_OPTIONAL = {"time": "ts", "weight": "weight", "event": "event"}
 
@@ -308,10 +309,13 @@ def text_ids(arr: pa.Array, name: str, file: Path) -> pa.Array:
             return arr.cast(pa.int64())
         except pa.ArrowInvalid:
             return arr
-    if pc.all(pc.match_substring_regex(valid, FLOAT_TEXT_RE)).as_py():
+    numeric = pc.all(pc.match_substring_regex(valid, NUMBER_TEXT_RE)).as_py()
+    decimal = pc.match_substring_regex(valid, FLOAT_MARK_RE)
+    if numeric and pc.any(decimal).as_py():
+        example = valid.filter(decimal)[0].as_py()
         raise InputError(
             f"floating-point ids refused: column {name!r} in {file} holds numbers with a decimal point "
-            "or exponent (e.g. {!r}); write ids as integers or strings".format(valid[0].as_py())
+            f"or exponent (e.g. {example!r}); write ids as integers or strings"
         )
     return arr
 

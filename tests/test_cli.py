@@ -27,6 +27,7 @@ def test_run_publishes_tables_manifest_and_latest(project, cli):
     res = cli(project, "run", "small", "--date", DATE)
     assert res.returncode == 0, res.stderr
     assert "published" in res.stdout
+    assert res.stderr == ""  # not a terminal (as under cron): no progress bars, no chatter
     out = project / "data" / "recall" / "small"
     assert (out / "_LATEST").read_text().strip() == DATE
     m = manifest(project)
