@@ -153,6 +153,51 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def prepared_window(spec, root: Path, date: dt.date):
+    """Read, validate and encode a job's window (what check and tune work on)."""
+    from recall.io import Window, read_window
+    from recall.matrix import encode
+    from recall.pipeline import load_blocklist
+    from recall.recaller import blocked_items
+    from recall.validate import validate
+
+    window = Window(date, spec.job.lookback_days, spec.job.timezone)
+    raw = read_window(spec.input, window, root)
+    clean, bad = validate(raw, spec.input)
+    inter = encode(clean)
+    blocked = blocked_items(inter.items.values, load_blocklist(spec, root), spec.source)
+    return window, raw, bad, inter, blocked
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    import faiss
+
+    from recall import tune
+    from recall.train import job_threads
+
+    spec, root = load(args)
+    date = parse_date(args.date) if args.date else yesterday(spec.job.timezone)
+    window, _, _, inter, blocked = prepared_window(spec, root, date)
+    faiss.omp_set_num_threads(job_threads(spec.model.threads))
+    if spec.evaluate.holdout_days == 0:
+        spec.evaluate.holdout_days = 1
+    log = (lambda msg: print(msg, file=sys.stderr)) if sys.stderr.isatty() else (lambda msg: None)
+    try:
+        result = tune.tune(inter, spec, window.bounds_us()[1], blocked, args.budget, args.trials, args.seed, log)
+    except ValueError as exc:
+        from recall.errors import InputError
+
+        raise InputError(f"cannot tune {spec.name} on {window.start}..{date}: {exc}") from None
+    print(f"# {spec.name}: tuned on {result.split}, recall@{spec.evaluate.k}, seed {args.seed}")
+    print(tune.table(result))
+    print("\n# single sources with the tuned options: "
+          + ", ".join(f"{n} {m['recall']:.4f}" for n, m in result.single.items()))
+    print(f"# merged with the best blend: recall {result.merged['recall']:.4f}, ndcg {result.merged['ndcg']:.4f}")
+    print("# paste into the job spec:\n")
+    print(tune.snippet(result))
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from recall.status import print_status
 
@@ -205,6 +250,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from recall import datasets
+
+    root = project_root(args)
+    source = datasets.locate(args.source)
+    for name in args.names or list(datasets.LOADERS):
+        if name not in datasets.LOADERS:
+            raise SpecError(f"unknown data set {name!r}; known: {', '.join(datasets.LOADERS)}")
+        path = datasets.prepare(name, source, root / "data" / "datasets")
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        last = datasets.last_date(table)
+        print(f"{name}: {table.num_rows:,} rows -> {path}" + (f" (last day {last})" if last else " (no timestamps)"))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from recall import report
+    from recall.pipeline import job_dir
+
+    spec, root = load(args)
+    target = Path(args.out) if args.out else root / "data" / "reports" / f"{spec.name}.html"
+    path = report.write(spec.name, job_dir(spec, root), target, spec.gate.max_recall_drop)
+    print(f"wrote {path}")
+    return 0
+
+
 def cmd_cron(args: argparse.Namespace) -> int:
     from recall import schedule
 
@@ -252,6 +325,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--date", metavar="YYYY-MM-DD", help="window end (default: yesterday)")
     p.set_defaults(func=cmd_check)
 
+    p = sub.add_parser("tune", help="search ALS settings and the source blend on the holdout",
+                       description="Seeded search on JOB's holdout: ALS hyperparameters (factors, "
+                                   "regularization, alpha, iterations, weighting), then source options and "
+                                   "blend weights. Prints what it tried and the best settings as TOML.")
+    add_job_args(p)
+    p.add_argument("--date", metavar="YYYY-MM-DD", help="window end (default: yesterday)")
+    p.add_argument("--budget", type=float, default=600, metavar="SECONDS",
+                   help="time budget (default 600); trials start in a fixed seeded order until it is spent")
+    p.add_argument("--trials", type=int, default=30, metavar="N",
+                   help="at most N ALS trials and 4N blend trials (default 30)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("report", help="write an HTML page of every published date's metrics and rows",
+                       description="A self-contained HTML page (embedded charts) with the holdout metrics "
+                                   "per source, the backtest, and the row counts of every published date.")
+    add_job_args(p)
+    p.add_argument("--out", metavar="PATH", help="where to write (default: data/reports/<job>.html)")
+    p.set_defaults(func=cmd_report)
+
     p = sub.add_parser("cron", help="install, remove or show the crontab entries",
                        description="Manage one crontab entry per job spec in jobs/ with a [job] schedule.")
     p.add_argument("action", choices=("install", "remove", "show"))
@@ -269,6 +362,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows-per-day", type=int, default=20_000)
     p.add_argument("--seed", type=int, default=7)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("datasets", help="convert the public logs in ../shared/datasets for jobs/*.toml",
+                       description="Write MovieLens, MovieTweetings and Last.fm as Parquet under "
+                                   "data/datasets/<name>/ (read by jobs/movielens.toml etc.).")
+    p.add_argument("action", choices=("prepare",))
+    p.add_argument("names", nargs="*", metavar="NAME", help="movielens, movietweetings, lastfm (default: all)")
+    p.add_argument("--source", metavar="DIR", help="the datasets folder (default: $RECALL_DATASETS or ../shared/datasets)")
+    p.set_defaults(func=cmd_datasets)
 
     p = sub.add_parser("demo", help="generate data for jobs/example.toml, run it, show the tables",
                        description="The first thing to try: runs the example job end to end.")

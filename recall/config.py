@@ -128,10 +128,14 @@ class OutputSection:
 @dataclass
 class EvaluateSection:
     holdout_days: int = 1  # 0 turns the holdout evaluation off
-    holdout_fraction: float = 0.2  # per-user last fraction, for logs without time
+    # temporal: the last holdout_days of the window; user_fraction: each user's last
+    # holdout_fraction of interactions (by time, else log order); user_random: a seeded random
+    # fraction of each user's interactions (logs whose order means nothing); auto: temporal
+    # when the log has time, else user_fraction
+    split: Literal["auto", "temporal", "user_fraction", "user_random"] = "auto"
+    holdout_fraction: float = 0.2
     k: int = 100
     max_users: int = 20_000  # holdout users scored (a seeded sample above this)
-    retrain_full: bool = True
 
 
 @dataclass
@@ -366,7 +370,9 @@ def check_spec(spec: JobSpec, source: str) -> None:
         need(".." not in Path(value).parts, key, f"{value!r} may not contain '..'")
     e = spec.evaluate
     need(e.holdout_days >= 0, "[evaluate] holdout_days", "must be >= 0 (0 turns it off)")
-    need(e.holdout_days < spec.job.lookback_days, "[evaluate] holdout_days", "must be less than [job] lookback_days")
+    if e.split in ("auto", "temporal"):
+        need(e.holdout_days < spec.job.lookback_days, "[evaluate] holdout_days",
+             "must be less than [job] lookback_days")
     need(0 < e.holdout_fraction < 1, "[evaluate] holdout_fraction", "must be within 0..1")
     need(e.k >= 1 and e.max_users >= 1, "[evaluate]", "k and max_users must be at least 1")
     g = spec.gate

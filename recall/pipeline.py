@@ -22,7 +22,8 @@ from recall.errors import EXIT_BUG, InputError, RecallError
 from recall.io import Window, read_window
 from recall.lock import job_lock
 from recall.logs import add_job_file, remove_sink
-from recall.matrix import US_PER_DAY, IdMap, Interactions, encode
+from recall.matrix import Interactions, encode
+from recall.reader import read_arrow
 from recall.recaller import Recaller, blocked_items, fit
 from recall.train import job_threads
 from recall.validate import validate
@@ -139,7 +140,9 @@ def run_locked(spec: JobSpec, opts: RunOptions, out: publish.JobDir, run_id: str
     metrics = None
     if spec.evaluate.holdout_days > 0:
         with timer.step("evaluate"):
-            metrics = holdout_metrics(inter, spec, end_us, blocked)
+            metrics = evaluate.holdout_metrics(inter, spec, end_us, blocked)
+    with timer.step("backtest"):
+        served = backtest(out, inter, opts.date, spec)
     with timer.step("train"):
         rec = fit(inter, spec, end_us, blocked, show_progress=opts.progress)
 
@@ -174,7 +177,7 @@ def run_locked(spec: JobSpec, opts: RunOptions, out: publish.JobDir, run_id: str
                   "blocklisted_items": int(blocked.sum()), **bad.to_dict()},
         "search": {"u2i": rec.search_mode, **rec.info},
         "tables": {name: {"rows": m["rows"], "files": m["files"]} for name, m in markers.items()},
-        "metrics": metrics, "gate": {"checks": checks, "skipped": opts.skip_gate},
+        "metrics": metrics, "backtest": served, "gate": {"checks": checks, "skipped": opts.skip_gate},
     }
     try:
         with timer.step("publish"):
@@ -213,46 +216,22 @@ def load_blocklist(spec: JobSpec, root: Path) -> list:
     return ids
 
 
-def holdout_metrics(inter: Interactions, spec: JobSpec, end_us: int, blocked: np.ndarray) -> dict | None:
-    """Fit on the window minus the holdout and score every source and the merged list."""
-    split = evaluate.holdout_split(inter, spec.evaluate, end_us)
-    if split is None:
-        logger.warning("holdout evaluation skipped: the holdout or the training part is empty")
+def backtest(out: publish.JobDir, inter: Interactions, date: dt.date, spec: JobSpec) -> dict | None:
+    """Score the newest earlier published u2i table against what happened since its date."""
+    earlier = [d for d in publish.published_dates(out) if d < date.isoformat()]
+    if not earlier:
         return None
-    train = split.train
-    cutoff_us = end_us - spec.evaluate.holdout_days * US_PER_DAY
-    rec = fit(train, spec, cutoff_us, blocked_of(inter, train, blocked), need_i2i=False)
-    users = evaluate.sample_users(split, spec.evaluate.max_users, spec.model.random_state)
-    k = spec.evaluate.k
-    n_items = len(train.items)
-    sources, merged_lists, baseline = {}, [], []
-    per_source: dict[str, list] = {name: [] for name in spec.recall.u2i.sources}
-    for start in range(0, users.size, spec.recall.u2i.batch_size):
-        chunk = users[start:start + spec.recall.u2i.batch_size]
-        batch = rec.batch(chunk)
-        for name, items, _ in rec.source_lists(batch, k):
-            per_source[name].append(items)
-        merged_lists.append(rec.recommend(chunk, k).items)
-        baseline.append(evaluate.popular_lists(rec.popular, batch, k))
-    for name, parts in per_source.items():
-        sources[name] = evaluate.ranking_metrics(np.vstack(parts), users, split, n_items, k)
-    result = {
-        "k": k, "split": split.description, "train_rows": len(train.user_idx),
-        "relevant_pairs": int(split.test_user.size), "users_evaluated": int(users.size),
-        "sources": sources,
-        "popular_baseline": evaluate.ranking_metrics(np.vstack(baseline), users, split, n_items, k),
-        "merged": evaluate.ranking_metrics(np.vstack(merged_lists), users, split, n_items, k),
-    }
-    logger.info(f"holdout ({split.description}): merged recall@{k} {result['merged']['recall']:.4f}, "
-                f"popular baseline {result['popular_baseline']['recall']:.4f}; "
-                + ", ".join(f"{n} {m['recall']:.4f}" for n, m in sources.items()))
+    prev = earlier[-1]
+    prev_end_us = Window(dt.date.fromisoformat(prev), 1, spec.job.timezone).bounds_us()[1]
+    served = read_arrow(spec.name, "u2i", prev, out.root.parent, columns=["user_id", "item_id", "rank"])
+    result = evaluate.backtest(served, prev, inter, prev_end_us, spec.evaluate.k, spec.evaluate.max_users,
+                               spec.model.random_state)
+    if "recall" in result:
+        logger.info(f"backtest of the u2i served on {prev}: recall@{result['k']} {result['recall']:.4f} over "
+                    f"{result['users']} returning users")
+    else:
+        logger.info(f"backtest of {prev} skipped: {result['skipped']}")
     return result
-
-
-def blocked_of(inter: Interactions, train: Interactions, blocked: np.ndarray) -> np.ndarray:
-    """The blocklist mask carried over to a re-encoded subset's item map."""
-    pos = IdMap(inter.items.values).index_of(train.items.values)
-    return blocked[pos]
 
 
 def previous_metrics(out: publish.JobDir, date: str) -> dict | None:

@@ -73,9 +73,15 @@ class Recaller:
     def recommend(self, users: np.ndarray, k: int | None = None) -> cand.Merged:
         """The merged u2i lists for `users`: blended sources topped up from the fallback."""
         k = k or self.spec.recall.u2i.k
-        u2i = self.spec.recall.u2i
         batch = self.batch(users)
-        merged = cand.blend(self.source_lists(batch, k), k, u2i.blend, u2i.quotas, u2i.weights)
+        return self.merge(batch, self.source_lists(batch, k), k)
+
+    def merge(self, batch: cand.Batch, lists: list[tuple[str, np.ndarray, np.ndarray]], k: int,
+              blend: str | None = None, quotas: dict | None = None, weights: dict | None = None) -> cand.Merged:
+        """Blend per-source lists (the spec's blend unless given) and top up from the fallback."""
+        u2i = self.spec.recall.u2i
+        merged = cand.blend(lists, k, blend or u2i.blend, u2i.quotas if quotas is None else quotas,
+                            u2i.weights if weights is None else weights)
         allowed_seen = cand.allowed_seen_counts(batch, self.allowed)
         return cand.top_up(merged, self.popular, batch, self.allowed_count, allowed_seen, k)
 

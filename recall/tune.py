@@ -1,0 +1,211 @@
+"""`recall tune`: seeded search on the holdout over ALS hyperparameters, source options and the blend.
+
+Stage 1 fits ALS alone for sampled hyperparameters and keeps the best by recall@K. Stage 2 fits
+every source once with those, tries each source's options, then searches blend weights over
+the precomputed lists (cheap: no refits). Trials run in a seeded order until the time budget or
+the trial cap is spent, so a rerun with the same seed tries the same settings in the same order.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from recall.config import JobSpec
+from recall.evaluate import Holdout, prepare_holdout
+from recall.matrix import Interactions
+from recall.recaller import popularity, recent_items
+
+ALS_GRID = {
+    "factors": [32, 64, 128],
+    "regularization": [0.01, 0.05, 0.1, 0.3, 1.0],
+    "alpha": [0.5, 1.0, 2.0, 5.0, 10.0],
+    "iterations": [10, 15, 25],
+    "weighting": ["none", "log", "bm25"],
+}
+RECENT_DAYS = [1, 3, 7, 14, 30]
+RECENT_HALF_LIFE = [1.0, 3.0, 7.0]
+RECENT_ITEMS = [1, 3, 5, 10, 20]
+BLEND_WEIGHTS = [0.0, 0.1, 0.25, 0.5, 1.0, 2.0]
+ALL_SOURCES = ["als", "item_based", "recent_popular", "popular"]
+
+
+@dataclass
+class Trial:
+    stage: str
+    params: dict
+    recall: float
+    ndcg: float
+    seconds: float
+
+
+@dataclass
+class TuneResult:
+    trials: list[Trial] = field(default_factory=list)
+    best_model: dict = field(default_factory=dict)
+    best_sources: dict = field(default_factory=dict)  # section -> {key: value}
+    best_blend: dict = field(default_factory=dict)
+    merged: dict = field(default_factory=dict)
+    single: dict = field(default_factory=dict)  # source -> metrics, with the tuned options
+    split: str = ""
+
+
+def als_candidates(spec: JobSpec, rng: np.random.Generator) -> Iterator[dict]:
+    """The spec's own settings first, then distinct random grid points."""
+    current = {key: getattr(spec.model, key) for key in ALS_GRID}
+    yield current
+    grid = [dict(zip(ALS_GRID, values)) for values in itertools.product(*ALS_GRID.values())]
+    for i in rng.permutation(len(grid)):
+        if grid[i] != current:
+            yield grid[i]
+
+
+def with_model(spec: JobSpec, params: dict, sources: list[str]) -> JobSpec:
+    out = copy.deepcopy(spec)
+    for key, value in params.items():
+        setattr(out.model, key, value)
+    out.recall.u2i.sources = sources
+    return out
+
+
+def tune(inter: Interactions, spec: JobSpec, end_us: int, blocked: np.ndarray, budget_s: float,
+         max_trials: int, seed: int, log=print) -> TuneResult:
+    rng = np.random.default_rng(seed)
+    result = TuneResult()
+    deadline = time.monotonic() + budget_s
+    stage1_end = time.monotonic() + budget_s * 0.6
+    size = spec.recall.u2i.batch_size
+
+    # stage 1: ALS hyperparameters, ALS alone
+    best = None
+    for n, params in enumerate(als_candidates(spec, rng)):
+        if n >= max_trials or (n > 0 and time.monotonic() > stage1_end):
+            break
+        start = time.monotonic()
+        held = prepare_holdout(inter, with_model(spec, params, ["als"]), end_us, blocked)
+        if held is None:
+            raise ValueError("the holdout split is empty: nothing to tune on")
+        result.split = held.split.description
+        metrics = held.score(held.source_lists(size)["als"][0])
+        trial = Trial("als", params, metrics["recall"], metrics["ndcg"], round(time.monotonic() - start, 2))
+        result.trials.append(trial)
+        log(f"als {params}: recall {trial.recall:.4f} ({trial.seconds:.1f}s)")
+        if best is None or (trial.recall, trial.ndcg) > (best.recall, best.ndcg):
+            best = trial
+    result.best_model = best.params
+
+    # stage 2: every source with the best ALS, then each source's options, then the blend
+    held = prepare_holdout(inter, with_model(spec, best.params, ALL_SOURCES), end_us, blocked)
+    lists = held.source_lists(size)
+    tune_sources(held, lists, result, size, log)
+    result.single = {name: held.score(items) for name, (items, _) in lists.items()}
+    blends = blend_candidates(lists, result.single, rng)
+    best_blend = None
+    for n, blend in enumerate(blends):
+        if n >= max_trials * 4 or (n > 0 and time.monotonic() > deadline):
+            break
+        start = time.monotonic()
+        metrics = held.score(held.merged(lists, size, blend["blend"], {}, blend.get("weights", {})))
+        used = {**blend, "sources": blend["sources"]}
+        trial = Trial("blend", used, metrics["recall"], metrics["ndcg"], round(time.monotonic() - start, 2))
+        result.trials.append(trial)
+        if best_blend is None or (trial.recall, trial.ndcg) > (best_blend.recall, best_blend.ndcg):
+            best_blend = trial
+            result.merged = metrics
+    result.best_blend = best_blend.params
+    log(f"best blend {best_blend.params}: recall {best_blend.recall:.4f}")
+    return result
+
+
+def tune_sources(held: Holdout, lists: dict, result: TuneResult, size: int, log) -> None:
+    """Pick each non-ALS source's own options by its own recall; update `lists` in place."""
+    rec, train = held.rec, held.split.train
+    trials = []
+    for days, half_life in itertools.product(RECENT_DAYS, RECENT_HALF_LIFE):
+        rec.recent_popular = popularity(train, rec.allowed, held.split.cutoff_us, days, half_life)
+        trials.append(("recent_popular", {"days": days, "half_life_days": half_life}))
+        yield_source(held, lists, result, trials[-1], size)
+        if train.ts is None:
+            break  # without time every window is the whole log: one setting is enough
+    for r in RECENT_ITEMS:
+        rec.recent_items = recent_items(train, r)
+        trials.append(("item_based", {"recent_items": r, "neighbours": rec.neighbours.shape[1]}))
+        yield_source(held, lists, result, trials[-1], size)
+    for name in ("recent_popular", "item_based"):
+        mine = [t for t in result.trials if t.stage == name]
+        best = max(mine, key=lambda t: (t.recall, t.ndcg))
+        result.best_sources[name] = best.params
+        log(f"{name} {best.params}: recall {best.recall:.4f}")
+    rp = result.best_sources["recent_popular"]
+    rec.recent_popular = popularity(train, rec.allowed, held.split.cutoff_us, rp["days"], rp["half_life_days"])
+    rec.recent_items = recent_items(train, result.best_sources["item_based"]["recent_items"])
+    for name in ("recent_popular", "item_based"):
+        lists[name] = source_of(held, name, size)
+
+
+def yield_source(held: Holdout, lists: dict, result: TuneResult, trial: tuple, size: int) -> None:
+    name, params = trial
+    start = time.monotonic()
+    metrics = held.score(source_of(held, name, size)[0])
+    result.trials.append(Trial(name, params, metrics["recall"], metrics["ndcg"], round(time.monotonic() - start, 2)))
+
+
+def source_of(held: Holdout, name: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+    spec = held.rec.spec
+    saved = spec.recall.u2i.sources
+    spec.recall.u2i.sources = [name]
+    try:
+        return held.source_lists(size)[name]
+    finally:
+        spec.recall.u2i.sources = saved
+
+
+def blend_candidates(lists: dict, single: dict, rng: np.random.Generator) -> Iterator[dict]:
+    """Ordered by each source's own recall, equal weights, then seeded random weight vectors."""
+    names = sorted(lists, key=lambda n: -single[n]["recall"])
+    yield {"blend": "ordered", "sources": names}
+    yield {"blend": "weighted", "sources": names, "weights": {n: 1.0 for n in names}}
+    seen = set()
+    while True:
+        weights = {n: float(rng.choice(BLEND_WEIGHTS)) for n in names}
+        key = tuple(weights.values())
+        if key in seen or not any(weights.values()):
+            continue
+        seen.add(key)
+        used = [n for n in names if weights[n] > 0]
+        yield {"blend": "weighted", "sources": used, "weights": {n: weights[n] for n in used}}
+        if len(seen) >= len(BLEND_WEIGHTS) ** len(names) - 1:
+            return
+
+
+def snippet(result: TuneResult) -> str:
+    """The best settings as TOML to paste into the job spec."""
+    def value(v) -> str:
+        if isinstance(v, str):
+            return f'"{v}"'
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
+        return repr(v)
+
+    lines = ["[model]"] + [f"{k} = {value(v)}" for k, v in result.best_model.items()]
+    blend = result.best_blend
+    lines += ["", "[recall.u2i]", f"sources = {value(blend['sources'])}", f"blend = {value(blend['blend'])}"]
+    if blend.get("weights"):
+        lines.append(f"weights = {value(blend['weights'])}")
+    for name in ("recent_popular", "item_based"):
+        if name in blend["sources"]:
+            lines += ["", f"[recall.{name}]"] + [f"{k} = {value(v)}" for k, v in result.best_sources[name].items()]
+    return "\n".join(lines) + "\n"
+
+
+def table(result: TuneResult) -> str:
+    rows = [f"{'stage':<15} {'recall':>8} {'ndcg':>8} {'secs':>6}  params"]
+    for t in result.trials:
+        rows.append(f"{t.stage:<15} {t.recall:8.4f} {t.ndcg:8.4f} {t.seconds:6.1f}  {t.params}")
+    return "\n".join(rows)
