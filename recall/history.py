@@ -1,14 +1,13 @@
 """Per-job run history: one JSON line per run, success or failure (kept to the last MAX_RUNS)."""
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 from pathlib import Path
 
 from loguru import logger
 
-from recall.publish import JobDir, is_published, latest
+from recall.publish import JobDir
 
 HISTORY = "_history.jsonl"
 MAX_RUNS = 2000
@@ -50,19 +49,3 @@ def runs(out: JobDir) -> list[dict]:
         except json.JSONDecodeError:
             continue  # a line torn by a crash mid-write
     return records
-
-
-def missing_dates(spec, root: Path, through: dt.date) -> list[dt.date]:
-    """Dates after the last published one up to `through` that are not published yet.
-
-    With nothing published yet, only `through` itself (a new job starts from its first night).
-    """
-    from recall.pipeline import job_dir
-
-    out = job_dir(spec, root)
-    last = latest(out)
-    if not last:
-        return [through]
-    start = dt.date.fromisoformat(last) + dt.timedelta(days=1)
-    dates = [start + dt.timedelta(days=i) for i in range((through - start).days + 1)]
-    return [d for d in dates if not is_published(out, d.isoformat())]
