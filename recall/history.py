@@ -22,8 +22,12 @@ def append(out: JobDir, record: dict) -> None:
     path = path_of(out)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record, default=str) + "\n")
+        line = (json.dumps(record, default=str) + "\n").encode()
+        with open(path, "a+b") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            if size and os.pread(fh.fileno(), 1, size - 1) != b"\n":
+                line = b"\n" + line  # the last line was torn by a crash: start a line of our own
+            fh.write(line)
         trim(path)
     except OSError as exc:
         logger.warning(f"cannot record the run in {path}: {exc.strerror}")

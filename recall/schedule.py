@@ -210,8 +210,10 @@ def write_tab(tabfile: str | None, text: str) -> None:
     """Replace the crontab in one step: a failure leaves it as it was."""
     data = text.encode(**ENCODING)
     if not tabfile:
+        # nothing left: remove the crontab rather than leave an empty one (the same to cron)
+        args = [CRON_COMMAND, "-r"] if not text.strip() else [CRON_COMMAND, "-"]
         try:
-            proc = subprocess.run([CRON_COMMAND, "-"], input=data, capture_output=True, timeout=60)
+            proc = subprocess.run(args, input=None if not text.strip() else data, capture_output=True, timeout=60)
         except OSError as exc:
             raise OutputError(f"cannot run {CRON_COMMAND}: {exc.strerror}", hint="the crontab was left as it was") from None
         if proc.returncode != 0:

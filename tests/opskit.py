@@ -3,6 +3,7 @@ real yesterday, since cron and --catch-up run relative to the clock), and file s
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import json
 import os
 from pathlib import Path
@@ -36,6 +37,7 @@ k = 20
 
 [output]
 keep_days = {keep_days}
+{output}
 
 [evaluate]
 holdout_days = 0
@@ -48,10 +50,12 @@ def yesterday() -> dt.date:
     return dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1)
 
 
-def tiny_spec(root: Path, name: str, job: str = "", keep_days: int = 14, extra: str = "") -> Path:
+def tiny_spec(root: Path, name: str, job: str = "", keep_days: int = 14, extra: str = "",
+              output: str = "") -> Path:
+    """jobs/<name>.toml; `job` and `output` are extra lines for [job] and [output] (e.g. a path)."""
     path = root / "jobs" / f"{name}.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(TINY_SPEC.format(job=job, keep_days=keep_days, extra=extra))
+    path.write_text(TINY_SPEC.format(job=job, keep_days=keep_days, extra=extra, output=output))
     return path
 
 
@@ -88,3 +92,11 @@ def snapshot(folder: Path) -> dict[str, tuple]:
 
 def tree_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def logged(root: Path, job: str) -> str:
+    """Every record of the job's log, its rotated and compressed files included."""
+    text = ""
+    for p in sorted((root / "logs").glob(f"{job}.*")):
+        text += gzip.decompress(p.read_bytes()).decode() if p.suffix == ".gz" else p.read_text()
+    return text

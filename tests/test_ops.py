@@ -3,7 +3,6 @@ with real signals), catch-up, backfill, the run history and `recall status`."""
 from __future__ import annotations
 
 import datetime as dt
-import gzip
 import json
 import os
 import re
@@ -19,7 +18,7 @@ from croniter import croniter
 
 from recall.batch import catch_up_dates, summary, worst
 from tests.conftest import RUN_DATE, run_cli, write_spec
-from tests.opskit import history, out_dir, partitions, snapshot, tiny_project, yesterday
+from tests.opskit import history, logged, out_dir, partitions, snapshot, tiny_project, yesterday
 
 DATE = RUN_DATE.isoformat()
 
@@ -40,14 +39,6 @@ def wait_for(cond, proc: subprocess.Popen, what: str, log: Path, timeout: float 
         if time.monotonic() > end:
             pytest.fail(f"timed out waiting for {what}")
         time.sleep(0.01)
-
-
-def logged(root: Path, job: str) -> str:
-    """Every record of the job's log, its rotated and compressed files included."""
-    text = ""
-    for p in sorted((root / "logs").glob(f"{job}.*")):
-        text += gzip.decompress(p.read_bytes()).decode() if p.suffix == ".gz" else p.read_text()
-    return text
 
 
 # --- the lock --------------------------------------------------------------------------
