@@ -237,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="generate data for jobs/example.toml, run it, show the tables",
                        description="The first thing to try: runs the example job end to end.")
     p.set_defaults(func=cmd_demo)
+    for verb in sub.choices.values():  # `recall VERB --root DIR` works as well as `recall --root DIR VERB`
+        verb.add_argument("--root", metavar="DIR", default=argparse.SUPPRESS,
+                          help="project folder (default: $RECALL_ROOT or .)")
     return parser
 
 

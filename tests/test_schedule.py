@@ -237,3 +237,11 @@ def test_installed_entry_runs_under_cron_environment_from_slash(tmp_path):
     assert (out / "u2i" / f"dt={day}" / "_SUCCESS").exists()
     assert f"catching up 1 date(s): {day}" in cron_out and "published" in cron_out
     assert "published" in (root / "logs" / "tiny.log").read_text()
+
+
+def test_root_may_follow_the_verb(tmp_path):
+    root = project(tmp_path / "proj", {"alpha": "30 2 * * *"})
+    res = subprocess.run([sys.executable, "-m", "recall", "cron", "show", "--root", str(root)],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert f"--root {root} run jobs/alpha.toml" in res.stdout
