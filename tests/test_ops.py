@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +18,8 @@ import pytest
 from croniter import croniter
 
 from recall.batch import catch_up_dates, summary, worst
+from recall.errors import LockBusy
+from recall.lock import job_lock
 from tests.conftest import RUN_DATE, run_cli, write_spec
 from tests.opskit import history, logged, out_dir, partitions, snapshot, tiny_project, yesterday
 
@@ -111,6 +114,24 @@ def test_lock_is_freed_when_the_holder_is_killed_and_its_staging_is_cleared_next
     assert not any((out / "_staging").iterdir())
     assert (out / "_LATEST").read_text().strip() == DATE
     assert "cleared 1 staging folder(s) left by earlier runs" in logged(project, "small")
+
+
+def test_lock_names_a_live_holder_only(tmp_path):
+    path = tmp_path / "job" / "_lock"
+    with job_lock(path, "j"):
+        with pytest.raises(LockBusy, match=rf"job j is already running: pid {os.getpid()} \(since "):
+            with job_lock(path, "j"):
+                pass
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        with open(path, "r+b") as fh:  # as the file reads between a new holder's flock and its write
+            fh.write(json.dumps({"pid": dead.pid, "since": "2026-01-01T00:00:00+00:00",
+                                 "host": socket.gethostname()}).encode())
+        with pytest.raises(LockBusy, match=r"job j is already running: another process holds"):
+            with job_lock(path, "j"):
+                pass
+    with job_lock(path, "j"):  # released with the block
+        assert json.loads(path.read_text())["pid"] == os.getpid()
 
 
 # --- catch-up and backfill -------------------------------------------------------------
