@@ -59,18 +59,15 @@ def add_job_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from recall import history
     from recall.pipeline import RunOptions, run_job
 
     spec, root = load(args)
     if args.catch_up:
+        from recall.batch import catch_up
+
         if args.date:
             raise SpecError("--catch-up and --date do not go together")
-        dates = history.missing_dates(spec, root, yesterday(spec.job.timezone))
-        if not dates:
-            print(f"{spec.name}: nothing to catch up (published through {yesterday(spec.job.timezone)})")
-            return 0
-        return run_dates(spec, root, dates, args, keep_going=False)
+        return catch_up(spec, root, yesterday(spec.job.timezone), args.force, args.skip_gate)
     date = parse_date(args.date) if args.date else yesterday(spec.job.timezone)
     result = run_job(spec, RunOptions(date, root, args.force, args.skip_gate, progress=sys.stderr.isatty()))
     report_result(result)
@@ -87,48 +84,15 @@ def report_result(result) -> None:
           + f" under {result.output}")
 
 
-def run_dates(spec, root: Path, dates: list[dt.date], args: argparse.Namespace, keep_going: bool) -> int:
-    """Run each date in order; a summary table; the worst exit code."""
-    from recall.pipeline import RunOptions, run_job
-
-    rows = []
-    worst = 0
-    for date in dates:
-        try:
-            result = run_job(spec, RunOptions(date, root, args.force, args.skip_gate,
-                                              progress=sys.stderr.isatty()))
-            rows.append((date.isoformat(), result.status, 0, ""))
-        except RecallError as exc:
-            rows.append((date.isoformat(), "failed", exc.exit_code, str(exc)))
-            worst = max(worst, exc.exit_code)
-            if not keep_going:
-                break
-    for date in dates[len(rows):]:
-        rows.append((date.isoformat(), "not run", "", "stopped at the first failure (--keep-going runs on)"))
-    width = max(len(r[1]) for r in rows)
-    print(f"{'date':<10}  {'status':<{width}}  exit  detail")
-    for date, status, code, detail in rows:
-        print(f"{date:<10}  {status:<{width}}  {str(code):>4}  {detail[:100]}")
-    if worst:
-        failed = next(r for r in rows if r[2] == worst)
-        raise BatchFailed(f"{spec.name}: {sum(1 for r in rows if r[1] == 'failed')} of {len(dates)} date(s) failed "
-                          f"(first worst: {failed[0]}: {failed[3]})", worst)
-    return 0
-
-
-class BatchFailed(RecallError):
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message, hint="see the table above and the job's log")
-        self.exit_code = code
-
-
 def cmd_backfill(args: argparse.Namespace) -> int:
     spec, root = load(args)
     start, end = parse_date(args.from_date), parse_date(args.to_date)
     if end < start:
         raise SpecError(f"--to {end} is before --from {start}")
+    from recall.batch import run_dates
+
     dates = [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
-    return run_dates(spec, root, dates, args, keep_going=args.keep_going)
+    return run_dates(spec, root, dates, args.force, args.skip_gate, keep_going=args.keep_going)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -374,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="generate data for jobs/example.toml, run it, show the tables",
                        description="The first thing to try: runs the example job end to end.")
     p.set_defaults(func=cmd_demo)
+    for verb in sub.choices.values():  # `recall VERB --root DIR` works as well as `recall --root DIR VERB`
+        verb.add_argument("--root", metavar="DIR", default=argparse.SUPPRESS,
+                          help="project folder (default: $RECALL_ROOT or .)")
     return parser
 
 

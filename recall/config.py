@@ -150,7 +150,7 @@ class GateSection:
 class LogSection:
     dir: str = "logs"
     rotation: str = "50 MB"
-    retention: str = "30 days"
+    retention: str | int = "30 days"  # a period, or how many rotated files to keep
     compression: str = "gz"
     level: Literal["DEBUG", "INFO", "WARNING"] = "INFO"
 

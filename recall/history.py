@@ -1,14 +1,13 @@
 """Per-job run history: one JSON line per run, success or failure (kept to the last MAX_RUNS)."""
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 from pathlib import Path
 
 from loguru import logger
 
-from recall.publish import JobDir, is_published, latest
+from recall.publish import JobDir
 
 HISTORY = "_history.jsonl"
 MAX_RUNS = 2000
@@ -23,8 +22,12 @@ def append(out: JobDir, record: dict) -> None:
     path = path_of(out)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record, default=str) + "\n")
+        line = (json.dumps(record, default=str) + "\n").encode()
+        with open(path, "a+b") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            if size and os.pread(fh.fileno(), 1, size - 1) != b"\n":
+                line = b"\n" + line  # the last line was torn by a crash: start a line of our own
+            fh.write(line)
         trim(path)
     except OSError as exc:
         logger.warning(f"cannot record the run in {path}: {exc.strerror}")
@@ -50,19 +53,3 @@ def runs(out: JobDir) -> list[dict]:
         except json.JSONDecodeError:
             continue  # a line torn by a crash mid-write
     return records
-
-
-def missing_dates(spec, root: Path, through: dt.date) -> list[dt.date]:
-    """Dates after the last published one up to `through` that are not published yet.
-
-    With nothing published yet, only `through` itself (a new job starts from its first night).
-    """
-    from recall.pipeline import job_dir
-
-    out = job_dir(spec, root)
-    last = latest(out)
-    if not last:
-        return [through]
-    start = dt.date.fromisoformat(last) + dt.timedelta(days=1)
-    dates = [start + dt.timedelta(days=i) for i in range((through - start).days + 1)]
-    return [d for d in dates if not is_published(out, d.isoformat())]

@@ -38,6 +38,18 @@ def holder(fd: int) -> str:
     """Who holds the lock, from what the holder wrote into the file."""
     try:
         info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        if info.get("host") == socket.gethostname() and not alive(int(info["pid"])):
+            return "another process"  # the file still names a dead holder: the new one is just starting
         return f"pid {info['pid']} (since {info['since']}, host {info.get('host', '?')})"
     except (OSError, ValueError, KeyError):
         return "another process"
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

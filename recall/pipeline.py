@@ -77,13 +77,14 @@ def run_job(spec: JobSpec, opts: RunOptions) -> RunResult:
     """Lock the job, log to its file, run the date, record it in the job's history."""
     out = job_dir(spec, opts.root)
     run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-    with job_lock(out.root / "_lock", spec.name):
-        sink = add_job_file(spec.log, spec.name, opts.root)
+    with job_lock(out.root / "_lock", spec.name):  # a loser stops here: no log, no history
+        sink = -1
         started = time.time()
         record = {"date": opts.date.isoformat(), "run_id": run_id, "forced": opts.force}
         try:
             with logger.contextualize(job=spec.name, date=opts.date.isoformat(), run_id=run_id):
                 try:
+                    sink = add_job_file(spec.log, spec.name, opts.root)
                     result = run_locked(spec, opts, out, run_id)
                     record.update(status=result.status, exit_code=0, rows={
                         name: t["rows"] for name, t in ((result.manifest or {}).get("tables") or {}).items()})

@@ -1,33 +1,77 @@
-"""Crontab entries from the job specs (python-crontab): show, install, remove.
+"""Crontab entries from the job specs: show, install, remove.
 
 One entry per spec in jobs/ with a [job] schedule, tagged with a comment naming this project
-and the job, so installing twice leaves one entry per job and foreign entries are never touched.
-The shared environment lines of crontab/environment are put inline in each command (a
-`VAR=value` line in a user's crontab would leak into the entries that are not ours).
+and the job (`# recall:<hash of the project folder>:<job>`), so installing twice leaves one entry
+per job and entries that are not ours are never touched. python-crontab parses and renders the
+entries and validates expressions; the crontab itself is edited line by line, because
+python-crontab's own render re-formats foreign lines (spacing, quoting, env lines moved or
+dropped), and foreign lines must stay byte for byte as they were.
+
+The shared environment lines of crontab/environment are put inline in each command: a
+`VAR=value` line in a user's crontab would leak into the entries that are not ours.
 """
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 import re
 import shlex
+import subprocess
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
-from crontab import CronSlices, CronTab
+from crontab import CRON_COMMAND, CronItem, CronSlices, CronTab
 
-from recall.errors import SpecError
+from recall.errors import OutputError, SpecError
 
 ENV_FILE = "environment"
 RENDERED = "recall.cron"
+CRON_OUT = "cron.out"
 ENV_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
-SAFE_PATH = re.compile(r"^[A-Za-z0-9_@%+=:,./ -]+$")
+# what may appear unquoted-safe in a crontab line: no '%' (cron makes it a newline), no quotes,
+# ';', '$', '`', backslashes or newlines; spaces only in the project folder, where they are quoted
+SAFE_PATH = re.compile(r"^/[A-Za-z0-9_@+=:,./ -]*$")
+SPEC_FILE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\.toml$")
+DEFAULT_ENV = [("SHELL", "/bin/sh"), ("PATH", "/usr/local/bin:/usr/bin:/bin")]
+ENCODING = dict(encoding="utf-8", errors="surrogateescape")  # any byte of a foreign line survives
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One job's crontab entry."""
+
+    job: str
+    schedule: str
+    command: str
+    comment: str
+
+    @property
+    def line(self) -> str:
+        item = CronItem(command=self.command, comment=self.comment)
+        item.setall(self.schedule)
+        return item.render()
+
+
+# --- building entries --------------------------------------------------------------
 
 
 def check_expression(expr: str, where: str) -> None:
-    """Refuse what cron would not run; '%' is refused as cron turns it into a newline."""
-    if "%" in expr or "\n" in expr or not CronSlices.is_valid(expr):
-        raise SpecError(f"{where}: bad cron expression {expr!r}")
+    """Refuse what cron would not run, or would never run; '%' because cron makes it a newline."""
+    from croniter import CroniterError, croniter
+
+    text = " ".join(expr.split())
+    ok = "%" not in expr and "\n" not in expr and CronSlices.is_valid(text) and croniter.is_valid(text)
+    if ok:
+        try:
+            next_runs(text, 1)
+        except (CroniterError, ValueError):
+            ok = False
+    if not ok:
+        raise SpecError(f"{where}: bad cron expression {expr!r} (five fields, minute hour day month weekday, "
+                        "or @hourly, @daily, @weekly, @monthly, @yearly; never '%' or @reboot)")
 
 
 def project_tag(root: Path) -> str:
@@ -42,10 +86,18 @@ def recall_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "recall"]
 
 
+def safe_path(text: str, what: str) -> str:
+    if not SAFE_PATH.match(text):
+        raise SpecError(f"refusing to put {what} {text!r} into a crontab line: only an absolute path of "
+                        "letters, digits, spaces and ./_-@+=:, is allowed (no '%', quotes, ';', '$' or newlines)")
+    return text
+
+
 def environment(root: Path) -> list[tuple[str, str]]:
+    """NAME=value pairs of crontab/environment (a default when the file is absent)."""
     path = root / "crontab" / ENV_FILE
     if not path.exists():
-        return [("SHELL", "/bin/sh"), ("PATH", "/usr/local/bin:/usr/bin:/bin")]
+        return DEFAULT_ENV
     pairs = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         line = line.strip()
@@ -54,116 +106,218 @@ def environment(root: Path) -> list[tuple[str, str]]:
         match = ENV_LINE.match(line)
         if not match or "%" in line:
             raise SpecError(f"{path}:{number}: expected NAME=value without '%', got {line!r}")
-        pairs.append((match.group(1), match.group(2).strip().strip('"')))
+        value = match.group(2).strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        pairs.append((match.group(1), value))
     return pairs
 
 
-def entries(root: Path) -> list[tuple[str, str, str]]:
-    """(job name, schedule, command) for every scheduled spec in jobs/; all validated first."""
+def command_for(root: Path, spec_path: Path, env: list[tuple[str, str]]) -> str:
+    """cd to the project, set the shared environment, run the job (catching up missed nights)."""
+    safe_path(str(root), "the project folder")
+    if not SPEC_FILE.match(spec_path.name):
+        raise SpecError(f"refusing to put spec file name {spec_path.name!r} into a crontab line: "
+                        "use only letters, digits, '_', '-' and '.' (no spaces, ';', '%', quotes or newlines)")
+    recall = recall_command()
+    safe_path(recall[0], "the recall program")
+    q = shlex.quote
+    assignments = " ".join(f"{k}={q(v)}" for k, v in env)
+    run = " ".join(q(p) for p in [*recall, "--root", str(root), "run", f"jobs/{spec_path.name}", "--catch-up"])
+    return f"cd {q(str(root))} && env {assignments} {run} >> {q(str(root / 'logs' / CRON_OUT))} 2>&1"
+
+
+def entries(root: Path) -> list[Entry]:
+    """One entry per scheduled spec in jobs/; every spec is loaded and validated first."""
     from recall.config import load_spec
 
+    env = environment(root)
+    tag = project_tag(root)
     out = []
     for path in sorted((root / "jobs").glob("*.toml")):
         spec = load_spec(path)
-        if not spec.job.schedule:
-            continue
-        out.append((spec.name, spec.job.schedule, command_for(root, path)))
-    names = [name for name, _, _ in out]
+        if spec.job.schedule:
+            schedule = " ".join(spec.job.schedule.split())
+            out.append(Entry(spec.name, schedule, command_for(root, path, env), tag + spec.name))
+    names = [e.job for e in out]
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup:
         raise SpecError(f"two specs in {root / 'jobs'} share the job name {dup!r}")
     return out
 
 
-def command_for(root: Path, spec_path: Path) -> str:
-    for text in (str(root), spec_path.name):
-        if not SAFE_PATH.match(text) or "%" in text:
-            raise SpecError(f"refusing to put {text!r} in a crontab line: only letters, digits and ./_-@+=:, "
-                            "are allowed (no '%', quotes, ';' or newlines)")
-    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in environment(root))
-    run = " ".join(shlex.quote(p) for p in [*recall_command(), "--root", str(root), "run",
-                                             f"jobs/{spec_path.name}"])
-    log = shlex.quote(str(root / "logs" / "cron.out"))
-    return f"cd {shlex.quote(str(root))} && env {env} RECALL_ROOT={shlex.quote(str(root))} {run} >> {log} 2>&1"
+# --- editing a crontab's text ------------------------------------------------------
+
+_PARSER = CronTab(tab="")  # python-crontab needs a tab to parse single lines against
 
 
-def open_tab(tabfile: str | None) -> CronTab:
+def is_ours(line: str, tag: str) -> bool:
+    """A (possibly commented-out) entry whose comment is this project's tag plus a job name."""
+    if tag not in line:  # cheap, and keeps python-crontab from logging about foreign lines
+        return False
+    item = CronItem.from_line(line.rstrip("\r\n"), cron=_PARSER)
+    return item.is_valid() and bool(re.fullmatch(re.escape(tag) + r"[A-Za-z0-9_-]+", item.comment or ""))
+
+
+def splice(text: str, tag: str, new: list[str]) -> tuple[str, int]:
+    """`text` with this project's entries replaced by `new` (where the first old one was, else at
+    the end); every other line kept byte for byte. Returns the new text and how many went."""
+    lines = re.findall(r"[^\n]*\n|[^\n]+$", text)
+    kept: list[str] = []
+    at, removed = None, 0
+    for line in lines:
+        if is_ours(line, tag):
+            at = len(kept) if at is None else at
+            removed += 1
+        else:
+            kept.append(line)
+    if at is None:
+        at = len(kept)
+        if new and kept and not kept[-1].endswith("\n"):
+            kept[-1] += "\n"  # cron needs every line ended
+    return "".join(kept[:at] + [line + "\n" for line in new] + kept[at:]), removed
+
+
+# --- reading and writing a crontab -------------------------------------------------
+
+
+def where(tabfile: str | None) -> str:
+    return tabfile or "the user's crontab"
+
+
+def read_tab(tabfile: str | None) -> str:
     if tabfile:
-        path = Path(tabfile)
-        return CronTab(tabfile=str(path)) if path.exists() else CronTab(tab="")
-    return CronTab(user=True)
+        try:
+            return Path(tabfile).read_bytes().decode(**ENCODING)
+        except FileNotFoundError:
+            return ""
+        except OSError as exc:
+            raise OutputError(f"cannot read crontab file {tabfile}: {exc.strerror}", hint="nothing was changed") from None
+    try:
+        proc = subprocess.run([CRON_COMMAND, "-l"], capture_output=True, timeout=60)
+    except OSError as exc:
+        raise OutputError(f"cannot run {CRON_COMMAND} -l: {exc.strerror}",
+                          hint="install cron (Debian: apt-get install cron), or use --tabfile") from None
+    if proc.returncode != 0:
+        err = proc.stderr.decode(**ENCODING).strip()
+        if "no crontab for" in err:
+            return ""
+        raise OutputError(f"{CRON_COMMAND} -l failed: {err}", hint="nothing was changed")
+    return proc.stdout.decode(**ENCODING)
 
 
-def rendered(root: Path) -> str:
-    lines = [f"# recall entries for {root} (rendered {dt.datetime.now().isoformat(timespec='seconds')})"]
-    tag = project_tag(root)
-    for name, expr, command in entries(root):
-        lines.append(f"{expr} {command} # {tag}{name}")
-    return "\n".join(lines) + "\n"
+def write_tab(tabfile: str | None, text: str) -> None:
+    """Replace the crontab in one step: a failure leaves it as it was."""
+    data = text.encode(**ENCODING)
+    if not tabfile:
+        # nothing left: remove the crontab rather than leave an empty one (the same to cron)
+        args = [CRON_COMMAND, "-r"] if not text.strip() else [CRON_COMMAND, "-"]
+        try:
+            proc = subprocess.run(args, input=None if not text.strip() else data, capture_output=True, timeout=60)
+        except OSError as exc:
+            raise OutputError(f"cannot run {CRON_COMMAND}: {exc.strerror}", hint="the crontab was left as it was") from None
+        if proc.returncode != 0:
+            err = " ".join(proc.stderr.decode(**ENCODING).split())
+            raise OutputError(f"{CRON_COMMAND} refused the new table: {err}", hint="the crontab was left as it was")
+        return
+    path = Path(tabfile)
+    tmp = None
+    try:
+        mode = path.stat().st_mode & 0o7777 if path.exists() else None
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode if mode is not None else 0o644)
+        os.replace(tmp, path)
+    except OSError as exc:
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+        raise OutputError(f"cannot write crontab file {tabfile}: {exc.strerror}",
+                          hint="the crontab file was left as it was") from None
 
 
-def install(root: Path, tabfile: str | None) -> list[str]:
-    """Replace this project's entries with one per scheduled spec; others untouched."""
-    wanted = entries(root)  # every spec validated before the crontab is touched
-    cron = open_tab(tabfile)
-    tag = project_tag(root)
-    cron.remove_all(comment=re.compile("^" + re.escape(tag)))
-    for name, expr, command in wanted:
-        job = cron.new(command=command, comment=f"{tag}{name}")
-        job.setall(expr)
-        if not job.is_valid():
-            raise SpecError(f"bad cron expression {expr!r} for job {name}")
-    save(cron, tabfile)
-    write_rendered(root)
-    return [name for name, _, _ in wanted]
-
-
-def remove(root: Path, tabfile: str | None) -> int:
-    cron = open_tab(tabfile)
-    tag = project_tag(root)
-    before = len(list(cron.find_comment(re.compile("^" + re.escape(tag)))))
-    cron.remove_all(comment=re.compile("^" + re.escape(tag)))
-    save(cron, tabfile)
-    return before
-
-
-def save(cron: CronTab, tabfile: str | None) -> None:
-    if tabfile:
-        from recall.publish import write_atomic
-
-        write_atomic(Path(tabfile), cron.render())
-    else:
-        cron.write()
-
-
-def write_rendered(root: Path) -> Path:
+def write_rendered(root: Path, wanted: list[Entry]) -> Path:
+    """crontab/recall.cron: exactly the lines this project puts into a crontab."""
     path = root / "crontab" / RENDERED
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(rendered(root), encoding="utf-8")
+    text = f"# recall entries for {root}, installed by `recall cron install`; do not edit\n"
+    text += "".join(e.line + "\n" for e in wanted)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror}", hint="the crontab was left as it was") from None
     return path
 
 
+# --- the verbs ---------------------------------------------------------------------
+
+
+def install(root: Path, tabfile: str | None) -> list[Entry]:
+    """Replace this project's entries with one per scheduled spec; other lines untouched."""
+    wanted = entries(root)  # every spec validated before anything is touched
+    before = read_tab(tabfile)
+    after, _ = splice(before, project_tag(root), [e.line for e in wanted])
+    try:
+        (root / "logs").mkdir(parents=True, exist_ok=True)  # the entries append to logs/cron.out
+    except OSError as exc:
+        raise OutputError(f"cannot create {root / 'logs'}: {exc.strerror}", hint="the crontab was left as it was") from None
+    write_rendered(root, wanted)
+    if after != before:
+        write_tab(tabfile, after)
+    return wanted
+
+
+def remove(root: Path, tabfile: str | None) -> int:
+    before = read_tab(tabfile)
+    after, count = splice(before, project_tag(root), [])
+    if count:
+        write_tab(tabfile, after)
+    return count
+
+
 def next_runs(expr: str, count: int = 3, start: dt.datetime | None = None) -> list[dt.datetime]:
-    """The next `count` times cron would start `expr` (machine-local time)."""
+    """The next `count` times cron would start `expr` (machine-local time, as cron reads it)."""
     from croniter import croniter
 
     it = croniter(expr, start or dt.datetime.now())
     return [it.get_next(dt.datetime) for _ in range(count)]
 
 
+def installed_state(entry: Entry, current: list[str], tag: str) -> str:
+    if entry.line in current:
+        return "installed"
+    if any(is_ours(line, tag) and line.rstrip().endswith("# " + entry.comment) for line in current):
+        return "installed, outdated (run `recall cron install`)"
+    return "not installed"
+
+
+def show(root: Path, tabfile: str | None) -> None:
+    wanted = entries(root)
+    if not wanted:
+        print(f"no spec in {root / 'jobs'} has a [job] schedule")
+        return
+    try:
+        current = read_tab(tabfile).splitlines()
+    except OutputError:
+        current = None
+    zone = dt.datetime.now().astimezone().tzname()
+    tag = project_tag(root)
+    for e in wanted:
+        runs = ", ".join(t.strftime("%Y-%m-%d %H:%M") for t in next_runs(e.schedule))
+        state = installed_state(e, current, tag) if current is not None else "unknown (cannot read crontab)"
+        print(f"{e.line}\n    job {e.job}: next runs {runs} ({zone}); {state} in {where(tabfile)}")
+
+
 def command(action: str, root: Path, tabfile: str | None) -> int:
-    where = tabfile or "the user's crontab"
     if action == "show":
-        for name, expr, cmd in entries(root):
-            runs = ", ".join(t.strftime("%Y-%m-%d %H:%M") for t in next_runs(expr))
-            print(f"{expr} {cmd} # {project_tag(root)}{name}\n    next runs: {runs}")
-        if not entries(root):
-            print(f"no spec in {root / 'jobs'} has a [job] schedule")
-        return 0
-    if action == "install":
-        names = install(root, tabfile)
-        print(f"installed {len(names)} entr{'y' if len(names) == 1 else 'ies'} into {where}: {', '.join(names)}")
-        return 0
-    count = remove(root, tabfile)
-    print(f"removed {count} entr{'y' if count == 1 else 'ies'} of {root} from {where}")
+        show(root, tabfile)
+    elif action == "install":
+        done = install(root, tabfile)
+        print(f"installed {len(done)} entr{'y' if len(done) == 1 else 'ies'} into {where(tabfile)}: "
+              f"{', '.join(e.job for e in done) or '-'} (rendered in {root / 'crontab' / RENDERED})")
+    else:
+        count = remove(root, tabfile)
+        print(f"removed {count} entr{'y' if count == 1 else 'ies'} of {root} from {where(tabfile)}")
     return 0

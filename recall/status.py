@@ -22,8 +22,7 @@ def job_row(spec, root: Path) -> dict:
     published_at = (manifest or {}).get("published_at")
     age = ""
     if published_at:
-        hours = (dt.datetime.now(dt.timezone.utc) - dt.datetime.fromisoformat(published_at)).total_seconds() / 3600
-        age = f"{hours:.1f}h" if hours < 48 else f"{hours / 24:.1f}d"
+        age = ago((dt.datetime.now(dt.timezone.utc) - dt.datetime.fromisoformat(published_at)).total_seconds())
     tables = (manifest or {}).get("tables", {})
     metrics = ((manifest or {}).get("metrics") or {}).get("merged") or {}
     last_ok = next((r for r in reversed(runs) if r.get("status") == "published" and r.get("date") == last), None)
@@ -34,11 +33,19 @@ def job_row(spec, root: Path) -> dict:
         "u2i": f"{tables['u2i']['rows']:,}" if "u2i" in tables else "-",
         "i2i": f"{tables['i2i']['rows']:,}" if "i2i" in tables else "-",
         "recall": f"{metrics['recall']:.4f}" if metrics else "-",
-        "duration": f"{last_ok['duration_s']:.0f}s" if last_ok else "-",
-        "last failure": (f"{failure['date']} exit {failure['exit_code']}: {failure.get('error', '')[:60]}"
+        "duration": f"{last_ok['duration_s']:.1f}s" if last_ok else "-",
+        "last failure": (f"{failure['date']} exit {failure['exit_code']} "
+                         f"(run {failure.get('started', '?')[:16]}): {failure.get('error', '')[:60]}"
                          if failure else "-"),
         "next run": next_runs(spec.job.schedule, 1)[0].strftime("%Y-%m-%d %H:%M") if spec.job.schedule else "-",
     }
+
+
+def ago(seconds: float) -> str:
+    """How long ago, in the unit a person reads at a glance."""
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h" if seconds < 48 * 3600 else f"{seconds / 86400:.1f}d"
 
 
 def print_status(root: Path, job: str | None, load: Callable) -> int:
