@@ -15,6 +15,8 @@ from recall.index import Searcher, sort_rows
 SOURCES = ("als", "popular", "recent_popular", "item_based")
 SOURCE_CODE = {name: i for i, name in enumerate(SOURCES)}
 RRF_OFFSET = 60  # reciprocal-rank fusion constant (Cormack et al. 2009)
+# weights of the weighted blend for sources the spec gives none: ALS leads, the others add
+DEFAULT_WEIGHTS = {"als": 1.0, "item_based": 0.5, "recent_popular": 0.25, "popular": 0.1}
 MAX_POOL_CELLS = 1 << 24  # bound on rows x width when drawing from a ranking
 
 
@@ -229,7 +231,7 @@ def fuse(lists: list[tuple[str, np.ndarray, np.ndarray]], k: int, weights: dict[
     n_rows = lists[0][1].shape[0]
     items = np.hstack([i for _, i, _ in lists])
     rank = np.hstack([np.broadcast_to(np.arange(i.shape[1]), i.shape) for _, i, _ in lists])
-    w = np.hstack([np.full(i.shape, weights.get(name, 1.0)) for name, i, _ in lists])
+    w = np.hstack([np.full(i.shape, weights.get(name, DEFAULT_WEIGHTS[name])) for name, i, _ in lists])
     contrib = w / (RRF_OFFSET + 1 + rank)
     code = np.hstack([np.full(i.shape, SOURCE_CODE[name], np.int8) for name, i, _ in lists])
     valid = items >= 0

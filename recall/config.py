@@ -51,12 +51,12 @@ class InputSection:
 @dataclass
 class ModelSection:
     factors: int = 64
-    regularization: float = 0.05
-    alpha: float = 2.0
+    regularization: float = 0.1
+    alpha: float = 5.0
     iterations: int = 15
     random_state: int = 42
     threads: int = 0  # 0: all cores
-    weighting: Literal["none", "log", "bm25"] = "bm25"
+    weighting: Literal["none", "log", "bm25"] = "log"
     bm25_k1: float = 100.0
     bm25_b: float = 0.8
     half_life_days: float = 0.0  # time decay of interaction weights; 0 turns it off
@@ -65,8 +65,8 @@ class ModelSection:
 @dataclass
 class U2ISection:
     k: int = 100
-    sources: list[str] = field(default_factory=lambda: ["als"])
-    blend: Literal["ordered", "quota", "weighted"] = "ordered"
+    sources: list[str] = field(default_factory=lambda: ["als", "item_based", "recent_popular"])
+    blend: Literal["ordered", "quota", "weighted"] = "weighted"
     quotas: dict[str, float] = field(default_factory=dict)
     weights: dict[str, float] = field(default_factory=dict)
     search: Literal["exact", "approx", "auto"] = "auto"
@@ -99,6 +99,9 @@ class RecentPopularSection:
 class ItemBasedSection:
     recent_items: int = 5  # a user's most recent items whose neighbours become candidates
     neighbours: int = 50
+    # item-item similarity: co-occurrence (implicit's BM25 or cosine item-kNN), or the cosine of
+    # the ALS item factors (the i2i table's neighbours)
+    similarity: Literal["bm25", "cosine", "als"] = "bm25"
 
 
 @dataclass

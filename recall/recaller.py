@@ -5,6 +5,7 @@ The same object serves the holdout evaluation (trained on the split) and the pub
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,8 +34,9 @@ class Recaller:
     searcher: Searcher | None = None
     search_mode: str = "exact"
     recent_popular: cand.Ranking | None = None
-    neighbours: np.ndarray | None = None  # n_items x N cosine neighbours (int64, -1 pads)
+    neighbours: np.ndarray | None = None  # n_items x N ALS-cosine neighbours (int64, -1 pads): i2i
     similarity: np.ndarray | None = None
+    related: tuple[np.ndarray, np.ndarray] | None = None  # neighbours the item_based source uses
     recent_items: np.ndarray | None = None  # n_users x R, most recent first
     info: dict = field(default_factory=dict)
 
@@ -65,8 +67,8 @@ class Recaller:
             elif name == "recent_popular":
                 items, scores = cand.from_ranking(self.recent_popular, batch, np.full(batch.size, k))
             else:  # item_based
-                items, scores = cand.item_based(self.neighbours, self.similarity,
-                                                self.recent_items[batch.users], batch, self.allowed, k)
+                items, scores = cand.item_based(*self.related, self.recent_items[batch.users], batch,
+                                                self.allowed, k)
             out.append((name, items, scores))
         return out
 
@@ -104,19 +106,24 @@ def fit(inter: Interactions, spec: JobSpec, window_end_us: int, blocked: np.ndar
         rp = spec.recall.recent_popular
         rec.recent_popular = popularity(inter, allowed, window_end_us, rp.days, rp.half_life_days)
     wants_i2i = need_i2i and spec.recall.i2i.k > 0
-    if sources & {"als", "item_based"} or wants_i2i:
+    item_based = spec.recall.item_based
+    als_related = "item_based" in sources and item_based.similarity == "als"
+    if "item_based" in sources:
+        rec.recent_items = recent_items(inter, item_based.recent_items)
+        if not als_related:
+            rec.related = cooccurrence_neighbours(counts, item_based.similarity, item_based.neighbours, allowed)
+    if "als" in sources or als_related or wants_i2i:
         weights = decayed(inter.weight, inter.ts, window_end_us, spec.model.half_life_days)
         r = confidence(to_csr(inter, weights), spec.model)
         rec.factors = train_als(r, spec.model, show_progress=show_progress)
         allowed_idx = np.flatnonzero(allowed)
         if "als" in sources:
             rec.searcher, rec.search_mode = build_searcher(rec.factors.items, allowed_idx, spec)
-        if "item_based" in sources or wants_i2i:
-            depth = max(spec.recall.i2i.k if wants_i2i else 0,
-                        spec.recall.item_based.neighbours if "item_based" in sources else 0)
+        if als_related or wants_i2i:
+            depth = max(spec.recall.i2i.k if wants_i2i else 0, item_based.neighbours if als_related else 0)
             rec.neighbours, rec.similarity = cosine_neighbours(rec.factors.items, allowed_idx, depth)
-        if "item_based" in sources:
-            rec.recent_items = recent_items(inter, spec.recall.item_based.recent_items)
+            if als_related:
+                rec.related = (rec.neighbours[:, :item_based.neighbours], rec.similarity[:, :item_based.neighbours])
     return rec
 
 
@@ -139,6 +146,31 @@ def cosine_neighbours(item_vectors: np.ndarray, allowed_idx: np.ndarray, k: int)
     for start in range(0, n, I2I_BATCH):
         rows = np.arange(start, min(start + I2I_BATCH, n))
         items[rows], scores[rows] = cand.ranked_neighbours(searcher, unit[rows], rows, k)
+    return items, scores
+
+
+def cooccurrence_neighbours(user_items: sp.csr_matrix, kind: str, k: int,
+                            allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k item-kNN neighbours from co-occurrence (implicit's BM25 / cosine recommenders)."""
+    from implicit.nearest_neighbours import BM25Recommender, CosineRecommender
+
+    model = (BM25Recommender if kind == "bm25" else CosineRecommender)(K=k + 1, num_threads=1)
+    with warnings.catch_warnings():
+        # implicit transposes internally and then warns about its own COO matrix
+        warnings.filterwarnings("ignore", message="Method expects CSR input")
+        model.fit(user_items.tocsr(), show_progress=False)
+    sim = model.similarity.tocoo()
+    keep = (sim.row != sim.col) & allowed[sim.col] & (sim.data > 0)
+    row, col, val = sim.row[keep], sim.col[keep].astype(np.int64), sim.data[keep].astype(np.float32)
+    order = np.lexsort((col, -val, row))
+    row, col, val = row[order], col[order], val[order]
+    rank = np.arange(row.size) - np.searchsorted(row, row)
+    top = rank < k
+    n = user_items.shape[1]
+    items = np.full((n, k), -1, np.int64)
+    scores = np.full((n, k), -np.inf, np.float32)
+    items[row[top], rank[top]] = col[top]
+    scores[row[top], rank[top]] = val[top]
     return items, scores
 
 

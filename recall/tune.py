@@ -17,8 +17,8 @@ import numpy as np
 
 from recall.config import JobSpec
 from recall.evaluate import Holdout, prepare_holdout
-from recall.matrix import Interactions
-from recall.recaller import popularity, recent_items
+from recall.matrix import Interactions, to_csr
+from recall.recaller import cooccurrence_neighbours, cosine_neighbours, popularity, recent_items
 
 ALS_GRID = {
     "factors": [32, 64, 128],
@@ -30,6 +30,7 @@ ALS_GRID = {
 RECENT_DAYS = [1, 3, 7, 14, 30]
 RECENT_HALF_LIFE = [1.0, 3.0, 7.0]
 RECENT_ITEMS = [1, 3, 5, 10, 20]
+SIMILARITIES = ["bm25", "cosine", "als"]
 BLEND_WEIGHTS = [0.0, 0.1, 0.25, 0.5, 1.0, 2.0]
 ALL_SOURCES = ["als", "item_based", "recent_popular", "popular"]
 
@@ -41,6 +42,7 @@ class Trial:
     recall: float
     ndcg: float
     seconds: float
+    metrics: dict = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -103,20 +105,18 @@ def tune(inter: Interactions, spec: JobSpec, end_us: int, blocked: np.ndarray, b
     lists = held.source_lists(size)
     tune_sources(held, lists, result, size, log)
     result.single = {name: held.score(items) for name, (items, _) in lists.items()}
-    blends = blend_candidates(lists, result.single, rng)
-    best_blend = None
-    for n, blend in enumerate(blends):
-        if n >= max_trials * 4 or (n > 0 and time.monotonic() > deadline):
-            break
+    def score(blend: dict) -> Trial:
         start = time.monotonic()
-        metrics = held.score(held.merged(lists, size, blend["blend"], {}, blend.get("weights", {})))
-        used = {**blend, "sources": blend["sources"]}
-        trial = Trial("blend", used, metrics["recall"], metrics["ndcg"], round(time.monotonic() - start, 2))
+        metrics = held.score(held.merged({n: lists[n] for n in blend["sources"]}, size, blend["blend"], {},
+                                         blend.get("weights", {})))
+        trial = Trial("blend", blend, metrics["recall"], metrics["ndcg"], round(time.monotonic() - start, 2))
+        trial.metrics = metrics
         result.trials.append(trial)
-        if best_blend is None or (trial.recall, trial.ndcg) > (best_blend.recall, best_blend.ndcg):
-            best_blend = trial
-            result.merged = metrics
-    result.best_blend = best_blend.params
+        return trial
+
+    budget_left = lambda: time.monotonic() < deadline and len(result.trials) < 100 * max_trials  # noqa: E731
+    best_blend = coordinate_ascent(lists, result.single, score, budget_left)
+    result.best_blend, result.merged = best_blend.params, best_blend.metrics
     log(f"best blend {best_blend.params}: recall {best_blend.recall:.4f}")
     return result
 
@@ -131,9 +131,14 @@ def tune_sources(held: Holdout, lists: dict, result: TuneResult, size: int, log)
         yield_source(held, lists, result, trials[-1], size)
         if train.ts is None:
             break  # without time every window is the whole log: one setting is enough
-    for r in RECENT_ITEMS:
-        rec.recent_items = recent_items(train, r)
-        trials.append(("item_based", {"recent_items": r, "neighbours": rec.neighbours.shape[1]}))
+    depth = rec.spec.recall.item_based.neighbours
+    allowed_idx = np.flatnonzero(rec.allowed)
+    counts = to_csr(train)
+    related = {kind: cooccurrence_neighbours(counts, kind, depth, rec.allowed) for kind in ("bm25", "cosine")}
+    related["als"] = cosine_neighbours(rec.factors.items, allowed_idx, depth)
+    for kind, r in itertools.product(SIMILARITIES, RECENT_ITEMS):
+        rec.related, rec.recent_items = related[kind], recent_items(train, r)
+        trials.append(("item_based", {"recent_items": r, "neighbours": depth, "similarity": kind}))
         yield_source(held, lists, result, trials[-1], size)
     for name in ("recent_popular", "item_based"):
         mine = [t for t in result.trials if t.stage == name]
@@ -142,7 +147,8 @@ def tune_sources(held: Holdout, lists: dict, result: TuneResult, size: int, log)
         log(f"{name} {best.params}: recall {best.recall:.4f}")
     rp = result.best_sources["recent_popular"]
     rec.recent_popular = popularity(train, rec.allowed, held.split.cutoff_us, rp["days"], rp["half_life_days"])
-    rec.recent_items = recent_items(train, result.best_sources["item_based"]["recent_items"])
+    ib = result.best_sources["item_based"]
+    rec.related, rec.recent_items = related[ib["similarity"]], recent_items(train, ib["recent_items"])
     for name in ("recent_popular", "item_based"):
         lists[name] = source_of(held, name, size)
 
@@ -164,22 +170,37 @@ def source_of(held: Holdout, name: str, size: int) -> tuple[np.ndarray, np.ndarr
         spec.recall.u2i.sources = saved
 
 
-def blend_candidates(lists: dict, single: dict, rng: np.random.Generator) -> Iterator[dict]:
-    """Ordered by each source's own recall, equal weights, then seeded random weight vectors."""
-    names = sorted(lists, key=lambda n: -single[n]["recall"])
-    yield {"blend": "ordered", "sources": names}
-    yield {"blend": "weighted", "sources": names, "weights": {n: 1.0 for n in names}}
-    seen = set()
-    while True:
-        weights = {n: float(rng.choice(BLEND_WEIGHTS)) for n in names}
-        key = tuple(weights.values())
-        if key in seen or not any(weights.values()):
-            continue
-        seen.add(key)
-        used = [n for n in names if weights[n] > 0]
-        yield {"blend": "weighted", "sources": used, "weights": {n: weights[n] for n in used}}
-        if len(seen) >= len(BLEND_WEIGHTS) ** len(names) - 1:
-            return
+def coordinate_ascent(lists: dict, single: dict, score, more) -> Trial:
+    """Blend weights by coordinate ascent from the best single source: change one source's weight
+    at a time over BLEND_WEIGHTS, keep what improves recall (then NDCG), until nothing does.
+
+    The ordered blend (sources by their own recall) is tried too; deterministic, no refits.
+    """
+    names = sorted(lists, key=lambda n: (-single[n]["recall"], n))
+    best = score({"blend": "ordered", "sources": names})
+    weights = {n: 0.0 for n in names}
+    weights[names[0]] = 1.0
+
+    def blend_of(w: dict) -> dict:
+        used = [n for n in names if w[n] > 0]
+        return {"blend": "weighted", "sources": used, "weights": {n: w[n] for n in used}}
+
+    current = score(blend_of(weights))
+    best = max(best, current, key=lambda t: (t.recall, t.ndcg))
+    improved = True
+    while improved and more():
+        improved = False
+        for name in names:
+            for value in BLEND_WEIGHTS:
+                if value == weights[name] or not more():
+                    continue
+                trial_weights = {**weights, name: value}
+                if not any(trial_weights.values()):
+                    continue
+                trial = score(blend_of(trial_weights))
+                if (trial.recall, trial.ndcg) > (current.recall, current.ndcg):
+                    weights, current, improved = trial_weights, trial, True
+    return max(best, current, key=lambda t: (t.recall, t.ndcg))
 
 
 def snippet(result: TuneResult) -> str:
