@@ -96,20 +96,13 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from recall.io import Window, read_window
-    from recall.matrix import encode
-    from recall.validate import validate
-
     spec, root = load(args)
     date = parse_date(args.date) if args.date else yesterday(spec.job.timezone)
-    window = Window(date, spec.job.lookback_days, spec.job.timezone)
-    raw = read_window(spec.input, window, root)
-    clean, bad = validate(raw, spec.input)
-    inter = encode(clean)
+    window, raw, bad, inter, blocked = prepared_window(spec, root, date)
     print(f"{spec.name}: spec {spec.source} is valid (hash {spec.spec_hash()})")
     print(f"window {window.start}..{date}: {raw.rows:,} rows in {len(raw.files)} file(s), "
           f"{bad.bad_rows:,} bad ({bad.fraction:.3%}, limit {spec.input.max_bad_fraction:.2%}), "
-          f"{len(inter.users):,} users x {len(inter.items):,} items")
+          f"{len(inter.users):,} users x {len(inter.items):,} items, {int(blocked.sum())} blocklisted")
     for c in bad.by_check[:10]:
         print(f"  bad: {c['file']} column {c['column']!r}: {c['check']}, {c['rows']} rows")
     if raw.missing_days:
