@@ -121,6 +121,11 @@ def fetch_sizes(seen_counts: np.ndarray, k: int, limit: int) -> np.ndarray:
 def nearest_unseen(searcher: Searcher, vectors: np.ndarray, batch: Batch, allowed: np.ndarray,
                    k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-k unseen items per user by inner product; exact search never comes back short."""
+    if not searcher.approx:  # exact search skips seen items itself: no over-fetching, no filtering
+        got, got_scores = searcher.search(vectors, k, exclude=batch.seen)
+        pad = k - got.shape[1]
+        return np.pad(got, ((0, 0), (0, pad)), constant_values=-1), \
+            np.pad(got_scores, ((0, 0), (0, pad)), constant_values=-np.inf)
     items = np.full((batch.size, k), -1, np.int64)
     scores = np.full((batch.size, k), -np.inf, np.float32)
     sizes = fetch_sizes(allowed_seen_counts(batch, allowed), k, searcher.size)
