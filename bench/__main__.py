@@ -23,14 +23,15 @@ def parse(argv: list[str]) -> tuple[Options, Path]:
     p.add_argument("--factors", type=int, default=64)
     p.add_argument("--iterations", type=int, default=15)
     p.add_argument("-k", type=int, default=100, help="u2i k")
-    p.add_argument("--no-peers", dest="peers", action="store_false", help="skip implicit and the bare product")
+    p.add_argument("--peers", action=argparse.BooleanOptionalAction, default=None,
+                   help="run implicit and the bare product on the same factors (default: yes, except for large)")
     p.add_argument("--work", type=Path, default=Path("data/bench"), help="generated logs and outputs")
     p.add_argument("--json", type=Path, default=None, help=f"result file (default: {RESULTS}/SIZE-TIME.json)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a spec key")
     a = p.parse_args(argv)
     search = a.search or ("approx" if a.size == "large" else "both")
     opts = Options(size=a.size, search=search, threads=a.threads, factors=a.factors, iterations=a.iterations, k=a.k,
-                   peers=a.peers, work=a.work, overrides=a.set)
+                   peers=a.size != "large" if a.peers is None else a.peers, work=a.work, overrides=a.set)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     return opts, a.json or RESULTS / f"{a.size}-{stamp}.json"
 

@@ -144,9 +144,8 @@ def approx_recall(rec: Recaller, spec: JobSpec) -> dict:
     keys = cand.dense_keys(want, rec.n_items)
     hits = int(cand.in_keys(keys, np.arange(users.size)[:, None], got, rec.n_items).sum())
     recall = hits / max(keys.size, 1)
-    index = rec.searcher.index
     info = {"recall_at_k": round(recall, 4), "k": u2i.k, "users_checked": int(users.size),
-            "nlist": int(index.nlist), "nprobe": int(index.nprobe)}
+            "nlist": rec.searcher.nlist, "nprobe": rec.searcher.nprobe}
     logger.info(f"approximate u2i search (IVF nlist {info['nlist']}, nprobe {info['nprobe']}): "
                 f"recall@{u2i.k} {recall:.4f} against exact search on {users.size} users")
     return info

@@ -102,7 +102,7 @@ def test_approximate_search_recall_and_exact_scores():
     batch = Batch(np.arange(400), seen, 6000)
     exact = index.exact_index(items, np.arange(6000))
     approx = index.approx_index(items, np.arange(6000), nlist=0, nprobe=0, seed=1, k=50)
-    assert (approx.index.nlist, approx.index.nprobe) == index.ivf_defaults(6000, 50)
+    assert (approx.nlist, approx.nprobe) == index.ivf_defaults(6000, 50)
     want, _ = nearest_unseen(exact, users, batch, allowed, 50)
     got, got_scores = nearest_unseen(approx, users, batch, allowed, 50)
     recall = np.mean([len(set(g) & set(w)) / 50 for g, w in zip(got, want)])
