@@ -75,7 +75,9 @@ def report(res: Result) -> str:
     if "approx_speedup" in sm:
         out.append(f"approx u2i search: {times(sm['u2i_search_approx_s'])}; speed-up over exact: "
                    f"{sm['approx_speedup']['wall']:.2f}x wall / {sm['approx_speedup']['cpu']:.2f}x cpu")
-    out.append(f"u2i memory: peak {sm['u2i_peak_rss_increase_mb']:.0f} MB above the RSS at the step's start")
+    mem = sm["u2i_peak_rss_increase_mb"]
+    out.append("u2i memory, peak RSS above the step's start: " + ", ".join(
+        f"{v:.0f} MB for {k}" for k, v in mem.items()) + f" ({sh['users']} users in all)")
     if res.agreement:
         out.append("agreement: " + ", ".join(f"{k} {v}" for k, v in res.agreement.items()))
     return "\n".join(out)

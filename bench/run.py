@@ -6,6 +6,7 @@ the search functions is attributed by wrapping them for the duration of the run.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import shutil
@@ -25,6 +26,7 @@ from recall import candidates, pipeline, publish, recaller
 from recall.config import load_spec
 from recall.io import Window, read_window
 from recall.matrix import encode
+from recall.train import Factors
 from recall.train import job_threads
 from recall.validate import validate
 
@@ -147,6 +149,12 @@ def run(opts: Options) -> Result:
             publish.write_atomic(out.manifest(date), pipeline.json_dump(manifest))
             publish.set_latest(out, date)
         pipeline_steps = list(rec_steps.steps)
+        tenth = max(1, rec.n_users // 10)  # bounded memory: the same step on a tenth of the users
+        part = dataclasses.replace(rec, seen=rec.seen[:tenth], factors=Factors(rec.factors.users[:tenth],
+                                                                               rec.factors.items))
+        with step(f"u2i memory check ({tenth} users)", "the u2i step again, on a tenth of the users"):
+            pipeline.write_u2i(part, spec, out.staging(run_id + "-tenth"), date, run_id, False)
+        del part
         res.shape = {"users": rec.n_users, "items": rec.n_items, "interactions": int(rec.seen.nnz),
                      "rows_read": raw_rows(bad), "u2i_rows": markers["u2i"]["rows"], "i2i_rows": markers["i2i"]["rows"]}
         sample = np.sort(np.random.default_rng(0).choice(rec.n_users, min(SAMPLE, rec.n_users), replace=False))
@@ -292,8 +300,11 @@ def summarise(pipeline_steps, rec_steps: Recorder, res: Result) -> dict:
     out = {"pipeline_wall_s": round(total, 2), "train_and_search_s": round(work, 2),
            "overhead_share": ratio(total - work, total),
            "u2i_search_s": {k: round(v, 2) for k, v in search.items()},
-           "u2i_peak_rss_increase_mb": round(u2i.peak_rss_mb - u2i.rss_start_mb, 1)}
+           "u2i_peak_rss_increase_mb": {"all users": round(u2i.peak_rss_mb - u2i.rss_start_mb, 1)}}
     names = {s.name: s for s in rec_steps.steps}
+    check = next((s for s in rec_steps.steps if s.name.startswith("u2i memory check")), None)
+    if check is not None:
+        out["u2i_peak_rss_increase_mb"]["a tenth"] = round(check.peak_rss_mb - check.rss_start_mb, 1)
 
     def versus(step_name: str, mine: dict[str, float]) -> dict:
         peer = names[step_name]
