@@ -11,6 +11,7 @@ import datetime as dt
 import os
 import shutil
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,7 +85,6 @@ class Result:
     options: dict
     shape: dict = field(default_factory=dict)
     steps: list = field(default_factory=list)
-    peers: list = field(default_factory=list)
     summary: dict = field(default_factory=dict)
     agreement: dict = field(default_factory=dict)
     machine: dict = field(default_factory=dict)
@@ -123,7 +123,9 @@ def run(opts: Options) -> Result:
         (pipeline, "check_u2i", "contract check"), (publish.TableWriter, "write", "parquet"),
         (publish.TableWriter, "close", "parquet"),
     ]
-    with _attributed(rec_steps, attributions):
+    with ExitStack() as wrapped:
+        for owner, attr, label in attributions:
+            wrapped.enter_context(rec_steps.attribute(owner, attr, label))
         step = rec_steps.step
         with step("read"):
             raw = read_window(spec.input, window, root)
@@ -156,23 +158,13 @@ def run(opts: Options) -> Result:
             pipeline.write_u2i(part, spec, out.staging(run_id + "-tenth"), date, run_id, False)
         del part
         res.shape = {"users": rec.n_users, "items": rec.n_items, "interactions": int(rec.seen.nnz),
-                     "rows_read": raw_rows(bad), "u2i_rows": markers["u2i"]["rows"], "i2i_rows": markers["i2i"]["rows"]}
+                     "rows_read": int(bad.total_rows), "u2i_rows": markers["u2i"]["rows"], "i2i_rows": markers["i2i"]["rows"]}
         sample = np.sort(np.random.default_rng(0).choice(rec.n_users, min(SAMPLE, rec.n_users), replace=False))
         item_sample = np.sort(np.random.default_rng(1).choice(rec.n_items, min(SAMPLE, rec.n_items), replace=False))
         ours = published_lists(out.partition("u2i", date), "user_id", "item_id", rec.inter.users.values,
                                rec.inter.items.values, sample, spec.recall.u2i.k)
         if opts.search == "both":
-            spec.recall.u2i.search = "approx"
-            with step("u2i index (approx)", "IVF build + recall check on a sample"):
-                rec.searcher, rec.search_mode = recaller.build_searcher(rec.factors.items, np.flatnonzero(rec.allowed),
-                                                                        spec)
-                rec.info["approx"] = recaller.approx_recall(rec, spec)
-            with step("u2i (approx)", "search, merge, write"):
-                pipeline.write_u2i(rec, spec, out.staging(run_id + "-approx"), date, run_id, False)
-            approx = published_lists(out.staging(run_id + "-approx") / "u2i" / f"dt={date}", "user_id", "item_id",
-                                     rec.inter.users.values, rec.inter.items.values, sample, spec.recall.u2i.k)
-            res.agreement["approx_vs_exact_recall"] = round(overlap(approx[0], ours[0]), 4)
-            res.agreement["approx_in_run_check"] = rec.info.get("approx")
+            run_approx(rec, spec, rec_steps, out.staging(run_id + "-approx"), date, run_id, sample, ours, res)
         if opts.peers:
             run_peers(rec, spec, rec_steps, sample, item_sample, ours, out.partition("i2i", date), res)
     busy1, total1 = machine_busy()
@@ -188,25 +180,19 @@ def run(opts: Options) -> Result:
     return res
 
 
-def raw_rows(bad) -> int:
-    return int(bad.total_rows)
-
-
-class _attributed:
-    """Wrap several functions at once for the duration of a with-block."""
-
-    def __init__(self, recorder: Recorder, targets: list[tuple]) -> None:
-        self.managers = [recorder.attribute(owner, attr, label) for owner, attr, label in targets]
-
-    def __enter__(self):
-        for m in self.managers:
-            m.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        for m in reversed(self.managers):
-            m.__exit__(*exc)
-        return False
+def run_approx(rec, spec, rec_steps: Recorder, staged: Path, date: str, run_id: str, sample: np.ndarray, ours,
+               res: Result) -> None:
+    """The u2i step again on the same factors, with the approximate searcher."""
+    spec.recall.u2i.search = "approx"
+    with rec_steps.step("u2i index (approx)", "IVF build + recall check on a sample"):
+        rec.searcher, rec.search_mode = recaller.build_searcher(rec.factors.items, np.flatnonzero(rec.allowed), spec)
+        rec.info["approx"] = recaller.approx_recall(rec, spec)
+    with rec_steps.step("u2i (approx)", "search, merge, write"):
+        pipeline.write_u2i(rec, spec, staged, date, run_id, False)
+    approx = published_lists(staged / "u2i" / f"dt={date}", "user_id", "item_id", rec.inter.users.values,
+                             rec.inter.items.values, sample, spec.recall.u2i.k)
+    res.agreement["approx_vs_exact_recall"] = round(overlap(approx[0], ours[0]), 4)
+    res.agreement["approx_in_run_check"] = rec.info.get("approx")
 
 
 def run_peers(rec, spec, rec_steps: Recorder, sample: np.ndarray, item_sample: np.ndarray, ours, i2i_part: Path,
