@@ -309,7 +309,7 @@ def summarise(pipeline_steps, rec_steps: Recorder, res: Result) -> dict:
         i2i = {"wall": train.inside.get("i2i search", 0.0), "cpu": train.inside_cpu.get("i2i search", 0.0)}
         out["i2i_search_s"] = {k: round(v, 2) for k, v in i2i.items()}
         out["i2i_search_vs_implicit_similar_items"] = versus("peer: implicit similar_items", i2i)
-    if "u2i (approx)" in names:
+    if "u2i (approx)" in names and "u2i (exact)" in names:
         approx = names["u2i (approx)"]
         mine = {"wall": approx.inside.get("search", 0.0), "cpu": approx.inside_cpu.get("search", 0.0)}
         out["u2i_search_approx_s"] = {k: round(v, 2) for k, v in mine.items()}
