@@ -113,27 +113,15 @@ def allowed_seen_counts(batch: Batch, allowed: np.ndarray) -> np.ndarray:
     return np.bincount(row, weights=allowed[batch.seen.indices], minlength=batch.size).astype(np.int64)
 
 
-def fetch_sizes(seen_counts: np.ndarray, k: int, limit: int) -> np.ndarray:
-    """Neighbours to fetch per user: k plus its seen count, rounded up to k + 2^j so users share
-    a few search calls instead of one huge k for all (and capped at the index size)."""
-    extra = np.where(seen_counts > 0, 2 ** np.ceil(np.log2(np.maximum(seen_counts, 1))), 0)
-    return np.minimum(k + extra.astype(np.int64), limit)
-
-
 def nearest_unseen(searcher: Searcher, vectors: np.ndarray, batch: Batch, allowed: np.ndarray,
                    k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k unseen items per user by inner product; exact search never comes back short."""
-    items = np.full((batch.size, k), -1, np.int64)
-    scores = np.full((batch.size, k), -np.inf, np.float32)
-    sizes = fetch_sizes(allowed_seen_counts(batch, allowed), k, searcher.size)
-    keys = csr_keys(batch.seen)
-    for size in np.unique(sizes):
-        rows = np.flatnonzero(sizes == size)
-        got, got_scores = searcher.search(vectors[rows], int(size))
-        seen = in_keys(keys, rows[:, None], got, batch.n_items)
-        valid = (got >= 0) & ~seen & np.isfinite(got_scores)
-        items[rows], scores[rows] = compact(valid, k, got, got_scores, fills=(-1, -np.inf))
-    return items, scores
+    """Top-k unseen items per user by inner product. Seen items are excluded inside the search
+    (the searcher holds only allowed items), so nothing is over-fetched or filtered afterwards;
+    exact search never comes back short, approximate search may (the top-up fills the rest)."""
+    got, got_scores = searcher.search(vectors, k, exclude=batch.seen)
+    pad = k - got.shape[1]
+    return (np.pad(got, ((0, 0), (0, pad)), constant_values=-1),
+            np.pad(got_scores, ((0, 0), (0, pad)), constant_values=-np.inf))
 
 
 def from_ranking(ranking: Ranking, batch: Batch, need: np.ndarray,

@@ -137,6 +137,8 @@ def run_locked(spec: JobSpec, opts: RunOptions, out: publish.JobDir, run_id: str
     check_catalogue(inter, blocked, raw)
     logger.info(f"{len(inter.users)} users x {len(inter.items)} items, {clean.rows} interactions, "
                 f"{int(blocked.sum())} blocklisted")
+    read = {"rows": raw.rows, "files": raw.files, "missing_days": raw.missing_days, "interactions": clean.rows}
+    del raw, clean  # the matrix holds the rows from here on: the log's columns go (bounded memory)
 
     metrics = None
     if spec.evaluate.holdout_days > 0:
@@ -172,9 +174,9 @@ def run_locked(spec: JobSpec, opts: RunOptions, out: publish.JobDir, run_id: str
         "seed": spec.model.random_state, "threads": threads, "forced": opts.force,
         "skip_gate": opts.skip_gate,
         "window": {"start": window.start.isoformat(), "end": date, "days": window.days,
-                   "timezone": window.timezone, "days_without_data": raw.missing_days},
-        "input": {"path": spec.input.path, "files": [vars(f) for f in raw.files], "rows": raw.rows,
-                  "users": len(inter.users), "items": len(inter.items), "interactions": clean.rows,
+                   "timezone": window.timezone, "days_without_data": read["missing_days"]},
+        "input": {"path": spec.input.path, "files": [vars(f) for f in read["files"]], "rows": read["rows"],
+                  "users": len(inter.users), "items": len(inter.items), "interactions": read["interactions"],
                   "blocklisted_items": int(blocked.sum()), **bad.to_dict()},
         "search": {"u2i": rec.search_mode, **rec.info},
         "tables": {name: {"rows": m["rows"], "files": m["files"]} for name, m in markers.items()},

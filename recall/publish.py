@@ -98,8 +98,12 @@ class TableWriter:
         self._close_current()
         self.folder.mkdir(parents=True, exist_ok=True)
         self._current = f"part-{len(self.files):05d}.parquet"
+        # dictionary pages only for text columns (source, string ids): on ids and scores they cost
+        # time and buy nothing next to zstd
+        text = [f.name for f in self.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
         self._writer = pq.ParquetWriter(self.folder / self._current, self.schema,
-                                        compression=None if self.compression == "none" else self.compression)
+                                        compression=None if self.compression == "none" else self.compression,
+                                        use_dictionary=text or False)
         self._file_rows = 0
         self.files[self._current] = 0
 

@@ -119,6 +119,8 @@ def fit(inter: Interactions, spec: JobSpec, window_end_us: int, blocked: np.ndar
         allowed_idx = np.flatnonzero(allowed)
         if "als" in sources:
             rec.searcher, rec.search_mode = build_searcher(rec.factors.items, allowed_idx, spec)
+            if rec.search_mode == "approx":
+                rec.info["approx"] = approx_recall(rec, spec)
         if als_related or wants_i2i:
             depth = max(spec.recall.i2i.k if wants_i2i else 0, item_based.neighbours if als_related else 0)
             rec.neighbours, rec.similarity = cosine_neighbours(rec.factors.items, allowed_idx, depth)
@@ -132,8 +134,28 @@ def build_searcher(item_vectors: np.ndarray, allowed_idx: np.ndarray, spec: JobS
     approx = u2i.search == "approx" or (u2i.search == "auto" and allowed_idx.size >= u2i.approx_min_items)
     if approx:
         return approx_index(item_vectors[allowed_idx], allowed_idx, u2i.nlist, u2i.nprobe,
-                            spec.model.random_state), "approx"
+                            spec.model.random_state, u2i.k), "approx"
     return exact_index(item_vectors[allowed_idx], allowed_idx), "exact"
+
+
+def approx_recall(rec: Recaller, spec: JobSpec) -> dict:
+    """Recall@k of the approximate u2i search against exact search, on a seeded sample of users."""
+    u2i = spec.recall.u2i
+    rng = np.random.default_rng(spec.model.random_state)
+    users = np.sort(rng.choice(rec.n_users, min(u2i.approx_check_users, rec.n_users), replace=False))
+    exact = exact_index(rec.factors.items[rec.allowed], np.flatnonzero(rec.allowed))
+    batch = rec.batch(users)
+    vectors = rec.factors.users[users]
+    want, _ = cand.nearest_unseen(exact, vectors, batch, rec.allowed, u2i.k)
+    got, _ = cand.nearest_unseen(rec.searcher, vectors, batch, rec.allowed, u2i.k)
+    keys = cand.dense_keys(want, rec.n_items)
+    hits = int(cand.in_keys(keys, np.arange(users.size)[:, None], got, rec.n_items).sum())
+    recall = hits / max(keys.size, 1)
+    info = {"recall_at_k": round(recall, 4), "k": u2i.k, "users_checked": int(users.size),
+            "nlist": rec.searcher.nlist, "nprobe": rec.searcher.nprobe}
+    logger.info(f"approximate u2i search (IVF nlist {info['nlist']}, nprobe {info['nprobe']}): "
+                f"recall@{u2i.k} {recall:.4f} against exact search on {users.size} users")
+    return info
 
 
 def cosine_neighbours(item_vectors: np.ndarray, allowed_idx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

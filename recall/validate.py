@@ -120,12 +120,19 @@ def count_check(report: BadRows, log: RawLog, column: str, check: str, mask: np.
 
 def duplicate_rows(log: RawLog, candidates: np.ndarray) -> np.ndarray:
     """Exact repeats of an earlier row (ingestion replays); repeated events at other times are kept."""
+    dup = np.zeros(log.rows, dtype=bool)
+    # only a row whose time another row shares can repeat one: one cheap hash pass narrows the rest
+    shared = pd.Series(log.ts).duplicated(keep=False).to_numpy()
+    rows = np.flatnonzero(shared)
+    if rows.size == 0:
+        return dup
+    sel = pa.array(shared)
     frame = pd.DataFrame({
-        "u": codes_of(log.user), "i": codes_of(log.item), "t": log.ts,
-        "w": log.weight if log.weight is not None else 0.0,
-        "e": codes_of(log.event) if log.event is not None else 0,
+        "u": codes_of(log.user.filter(sel)), "i": codes_of(log.item.filter(sel)), "t": log.ts[rows],
+        "w": log.weight[rows] if log.weight is not None else 0.0,
+        "e": codes_of(log.event.filter(sel)) if log.event is not None else 0,
     })
-    dup = frame.duplicated(keep="first").to_numpy()
+    dup[rows] = frame.duplicated(keep="first").to_numpy()
     return dup & candidates
 
 
