@@ -202,7 +202,8 @@ def check_catalogue(inter: Interactions, blocked: np.ndarray, raw) -> None:
         raise InputError(f"only {len(inter.items)} distinct item(s) in the window "
                          f"({raw.rows} rows from {raw.files[0].path}...): nothing to recommend")
     if int((~blocked).sum()) == 0:
-        raise InputError("every item of the window is blocklisted: nothing to recommend")
+        raise InputError(f"all {len(inter.items)} items of the window are blocklisted ([filter] blocklist, "
+                         "blocklist_path): nothing to recommend")
 
 
 def load_blocklist(spec: JobSpec, root: Path) -> list:
