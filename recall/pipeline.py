@@ -25,6 +25,7 @@ from recall.logs import add_job_file, remove_sink
 from recall.matrix import Interactions, encode
 from recall.reader import read_arrow
 from recall.recaller import Recaller, blocked_items, fit
+from recall.testpoint import pause_point
 from recall.train import job_threads
 from recall.validate import validate
 from recall.versions import code_version, library_versions
@@ -106,8 +107,18 @@ def run_job(spec: JobSpec, opts: RunOptions) -> RunResult:
             remove_sink(sink)
 
 
+def settle(out: publish.JobDir, console: bool = True) -> None:
+    """Undo (or finish) publishes that did not complete, saying so."""
+    for what in publish.recover(out):
+        logger.bind(console=console).warning(f"{what}: its publish had not completed")
+
+
 def run_locked(spec: JobSpec, opts: RunOptions, out: publish.JobDir, run_id: str) -> RunResult:
     date = opts.date.isoformat()
+    try:
+        settle(out)  # a run killed while publishing
+    except OSError as exc:
+        raise publish.output_error(exc, out.root) from None
     leftovers = publish.clear_staging(out)
     if leftovers:
         logger.info(f"cleared {len(leftovers)} staging folder(s) left by earlier runs")
@@ -182,15 +193,25 @@ def run_locked(spec: JobSpec, opts: RunOptions, out: publish.JobDir, run_id: str
     }
     try:
         with timer.step("publish"):
+            publish.begin_publish(out, run_id, date, list(markers))
             for name in markers:
                 publish.publish_partition(staged / name / f"dt={date}", out.partition(name, date))
+                pause_point(f"published-{name}")
         manifest["timings"] = timer.timings
         manifest["published_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        publish.write_atomic(out.manifest(date), json_dump(manifest))
+        publish.write_atomic(out.manifest(date), json_dump(manifest))  # the commit point
+        pause_point("before-latest")
         newest = publish.set_latest(out, date)  # only now, after every table and the manifest
+        publish.end_publish(out, run_id)
         removed = publish.retire(out, spec.output.keep_days, list(TABLES), run_id)
-    except OSError as exc:
-        raise publish.output_error(exc, out.root) from None
+    except BaseException as exc:
+        try:
+            settle(out, console=False)  # put back the partitions this run replaced
+        except OSError as undo:  # its journal stays, and the next run tries again
+            logger.bind(console=False).error(f"could not undo the unfinished publish: {undo}")
+        if isinstance(exc, OSError):
+            raise publish.output_error(exc, out.root) from None
+        raise
     logger.info(f"published {date} (latest {newest}); timings "
                 + ", ".join(f"{k} {v:.2f}s" for k, v in timer.timings.items())
                 + (f"; retired {', '.join(removed)}" if removed else ""))

@@ -40,7 +40,13 @@ def read_arrow(job: str, table: str = "u2i", date: str | None = None, output: st
     if table not in TABLES:
         raise ValueError(f"unknown table {table!r}; tables: {', '.join(TABLES)}")
     out = JobDir(Path(output) / job)
-    date = date or latest(out)
+    if date is None:
+        date = latest(out)
+        if date and not is_published(out, date):
+            # a rerun of that date died mid-publish (the next run puts it back): serve the
+            # newest complete date meanwhile, never a mix
+            dates = published_dates(job, output)
+            date = dates[-1] if dates else None
     if not date:
         raise LookupError(f"nothing published for job {job} under {output}")
     if not is_published(out, date):

@@ -225,13 +225,19 @@ def kill(proc: subprocess.Popen) -> int:
     return proc.returncode
 
 
-def log_text(root: Path, job: str = "small") -> str:
-    path = root / "logs" / f"{job}.log"
-    return path.read_text() if path.exists() else ""
+class LogTail:
+    """What a job's log gained since this object was made (the runs started after it)."""
 
+    def __init__(self, root: Path, job: str = "small") -> None:
+        self.path = root / "logs" / f"{job}.log"
+        self.offset = self.path.stat().st_size if self.path.exists() else 0
 
-def last_run_log(root: Path, job: str = "small") -> str:
-    """The log records of the newest run (from its `run ...: window` line on)."""
-    text = log_text(root, job)
-    start = text.rfind(": window ")
-    return text[text.rfind("\n", 0, start) + 1:] if start >= 0 else ""
+    def text(self) -> str:
+        if not self.path.exists():
+            return ""
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset)
+            return fh.read().decode("utf-8", errors="replace")
+
+    def has(self, fragment: str) -> bool:
+        return fragment in self.text()
