@@ -284,8 +284,9 @@ def popular_schema(item_type: pa.DataType) -> pa.Schema:
 
 def writer(spec: JobSpec, staged: Path, table: str, date: str, schema: pa.Schema) -> publish.TableWriter:
     o = spec.output
+    final = staged.parent.parent / table / f"dt={date}"  # <job>/_staging/<run> -> <job>/<table>/dt=D
     return publish.TableWriter(staged / table / f"dt={date}", schema, o.max_rows_per_file,
-                               o.row_group_rows, o.compression)
+                               o.row_group_rows, o.compression, first_part=publish.next_part(final))
 
 
 def long_rows(keys: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

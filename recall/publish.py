@@ -68,6 +68,7 @@ class TableWriter:
     max_rows_per_file: int
     row_group_rows: int
     compression: str = "zstd"
+    first_part: int = 0  # number of the first part file (see next_part)
     rows: int = 0
     files: dict[str, int] = field(default_factory=dict)
     _writer: pq.ParquetWriter | None = None
@@ -101,7 +102,7 @@ class TableWriter:
     def _open_next(self) -> None:
         self._close_current()
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._current = f"part-{len(self.files):05d}.parquet"
+        self._current = f"part-{self.first_part + len(self.files):05d}.parquet"
         self._writer = pq.ParquetWriter(self.folder / self._current, self.schema,
                                         compression=None if self.compression == "none" else self.compression)
         self._file_rows = 0
@@ -124,6 +125,14 @@ class TableWriter:
         write_atomic(self.folder / SUCCESS, json.dumps(marker, indent=1) + "\n")
         fsync_dir(self.folder)
         return marker
+
+
+def next_part(final: Path) -> int:
+    """The first part number for a new run of the partition at `final`: after the numbers its
+    current files use, so that a reader that listed the old files and opens them after the swap
+    gets "not found", never a file of the new run in place of one of the old."""
+    numbers = [int(p.name[5:-8]) for p in final.glob("part-*.parquet") if p.name[5:-8].isdigit()]
+    return max(numbers) + 1 if numbers else 0
 
 
 # --- publishing ------------------------------------------------------------------

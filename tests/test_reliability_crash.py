@@ -181,7 +181,7 @@ def test_kill_between_data_and_marker_of_a_forced_rerun(point: str, published: P
     killed(proc)
     if point == "before-success":
         parts = sorted(p.name for p in out.glob("_staging/*/u2i/dt=*/*"))
-        assert parts == ["part-00000.parquet"], parts  # the data, and no marker
+        assert parts == ["part-00001.parquet"], parts  # the data (numbered after the old), no marker
         after_crash(published, before, point)
     else:
         # the dead run's tables are in, its manifest is not: the date is not published, and a
