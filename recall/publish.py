@@ -228,11 +228,15 @@ def write_atomic(path: Path, text: str) -> None:
     """Write a small file so readers see the old or the new content, never a torn one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc  # name the file, not the temporary
     fsync_dir(path.parent)
 
 
@@ -356,4 +360,4 @@ def retire(job: JobDir, keep_days: int, tables: list[str], run_id: str) -> list[
 
 def output_error(exc: OSError, where: Path) -> OutputError:
     reason = os.strerror(exc.errno) if exc.errno else str(exc)
-    return OutputError(f"cannot write output under {where}: {reason} ({exc.filename or where})")
+    return OutputError(f"cannot write output under {where}: {reason}" + (f" ({exc.filename})" if exc.filename else ""))

@@ -186,6 +186,28 @@ def start_cli(root: Path, *args: str, env: dict | None = None) -> subprocess.Pop
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env, cwd=root)
 
 
+@pytest.fixture
+def cli_bg():
+    """start_cli for a test; whatever it started and left running is killed at teardown."""
+    started: list[subprocess.Popen] = []
+
+    def start(root: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
+        started.append(start_cli(root, *args, env=env))
+        return started[-1]
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            kill(proc)
+
+
+def resume(proc: subprocess.Popen, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Let a run paused at a test pause point go on (SIGUSR1) and wait for its end."""
+    os.kill(proc.pid, signal.SIGUSR1)
+    stdout, stderr = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
 def wait_for(proc: subprocess.Popen, condition: Callable[[], bool], what: str, timeout: float = 120) -> None:
     """Poll `condition` every 10 ms while `proc` runs; fail if it exits or time runs out first."""
     deadline = time.monotonic() + timeout

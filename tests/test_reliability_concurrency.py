@@ -14,9 +14,9 @@ import pytest
 
 from recall.reader import read_arrow
 from tests.reliability import (DATE, LogTail, assert_consistent, assert_refused, manifest, out_dir, published,
-                               published_template, record, staging_left, start_cli, wait_for)
+                               published_template, record, staging_left, cli_bg, wait_for)
 
-__all__ = ["published", "published_template"]  # fixtures used below
+__all__ = ["cli_bg", "published", "published_template"]  # fixtures used below
 
 FORCED = ["run", "small", "--date", DATE, "--force"]
 SLOW = ["--set", "model.iterations=300", "--set", "evaluate.holdout_days=0"]  # ~2 s of training: runs overlap
@@ -38,11 +38,11 @@ def history(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "_history.jsonl").read_text().splitlines()]
 
 
-def test_same_job_twice_the_second_exits_75_naming_the_holder(published: Path, cli):
+def test_same_job_twice_the_second_exits_75_naming_the_holder(published: Path, cli, cli_bg):
     out = out_dir(published)
     runs_before = len(history(out))
     log = LogTail(published)
-    first = start_cli(published, *FORCED, *SLOW)
+    first = cli_bg(published, *FORCED, *SLOW)
     wait_for(first, lambda: lock_holder(out) == first.pid, "the first run holds the lock")
     second = cli(published, *FORCED)
     record("same job twice: the second run", second)
@@ -59,9 +59,9 @@ def test_same_job_twice_the_second_exits_75_naming_the_holder(published: Path, c
     assert staging_left(out) == []
 
 
-def test_same_job_started_twice_at_the_same_moment(published: Path):
+def test_same_job_started_twice_at_the_same_moment(published: Path, cli_bg):
     out = out_dir(published)
-    procs = [start_cli(published, *FORCED, *SLOW) for _ in range(2)]
+    procs = [cli_bg(published, *FORCED, *SLOW) for _ in range(2)]
     results = [finish(p) for p in procs]
     codes = sorted(code for code, _, _ in results)
     assert codes == [0, 75], [r[2] for r in results]
@@ -71,10 +71,10 @@ def test_same_job_started_twice_at_the_same_moment(published: Path):
     assert staging_left(out) == []
 
 
-def test_two_different_jobs_at_once_both_publish(published: Path):
+def test_two_different_jobs_at_once_both_publish(published: Path, cli_bg):
     spec = (published / "jobs" / "small.toml").read_text()
     (published / "jobs" / "other.toml").write_text(spec)
-    procs = {job: start_cli(published, "run", job, "--date", DATE, "--force", *SLOW) for job in ("small", "other")}
+    procs = {job: cli_bg(published, "run", job, "--date", DATE, "--force", *SLOW) for job in ("small", "other")}
     time.sleep(0.2)
     assert all(p.poll() is None for p in procs.values())
     for job, proc in procs.items():
@@ -91,7 +91,7 @@ def sort(table: pa.Table) -> pa.Table:
     return table.sort_by([("user_id", "ascending"), ("rank", "ascending")])
 
 
-def test_readers_polling_during_a_forced_rerun_see_old_or_new_never_a_mix(published: Path, cli):
+def test_readers_polling_during_a_forced_rerun_see_old_or_new_never_a_mix(published: Path, cli, cli_bg):
     """The reader API and plain pyarrow read u2i (several part files) over and over while a
     forced rerun with a different k replaces it: every read is the whole old or the whole new."""
     out = out_dir(published)
@@ -105,7 +105,7 @@ def test_readers_polling_during_a_forced_rerun_see_old_or_new_never_a_mix(publis
     assert len(list(folder.glob("part-*.parquet"))) >= 3
     seen = {"api": [], "api-latest": [], "pyarrow": []}
     errors = 0
-    proc = start_cli(published, *FORCED, *multi, "--set", "recall.u2i.k=15")
+    proc = cli_bg(published, *FORCED, *multi, "--set", "recall.u2i.k=15")
     tail = 20
     while tail:
         if proc.poll() is not None:

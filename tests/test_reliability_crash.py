@@ -23,10 +23,10 @@ from recall.reader import read_arrow
 from recall.synth import SynthSpec, generate
 from tests.conftest import RUN_DATE
 from tests.reliability import (DATE, PREVIOUS, LogTail, assert_consistent, kill, manifest, out_dir, published,
-                               published_files, published_template, record, staging_left, start_cli, wait_for,
+                               published_files, published_template, record, staging_left, cli_bg, wait_for,
                                wait_for_stderr)
 
-__all__ = ["published", "published_template"]  # fixtures used below
+__all__ = ["cli_bg", "published", "published_template"]  # fixtures used below
 
 NEXT = (RUN_DATE + dt.timedelta(days=1)).isoformat()
 FORCED = ["run", "small", "--date", DATE, "--force"]
@@ -107,11 +107,11 @@ def killed(proc) -> None:
     assert code == -9, f"the run was not killed (exit {code}): it finished before the kill point"
 
 
-def test_kill_while_reading(published: Path, cli, many_files_log: Path):
+def test_kill_while_reading(published: Path, cli, many_files_log: Path, cli_bg):
     args = link_input(published, many_files_log, "many")
     before = published_files(out_dir(published))
     log = LogTail(published)
-    proc = start_cli(published, *FORCED, *args)
+    proc = cli_bg(published, *FORCED, *args)
     wait_for(proc, lambda: log.has(": window "), "reading starts")
     time.sleep(0.5)
     killed(proc)
@@ -121,10 +121,10 @@ def test_kill_while_reading(published: Path, cli, many_files_log: Path):
     next_runs_succeed(published, cli, before, "while reading")
 
 
-def test_kill_while_training(published: Path, cli):
+def test_kill_while_training(published: Path, cli, cli_bg):
     before = published_files(out_dir(published))
     log = LogTail(published)
-    proc = start_cli(published, *FORCED, "--set", "model.iterations=100000", "--set", "evaluate.holdout_days=0")
+    proc = cli_bg(published, *FORCED, "--set", "model.iterations=100000", "--set", "evaluate.holdout_days=0")
     wait_for(proc, lambda: log.has(" users x "), "training starts")
     time.sleep(0.5)
     killed(proc)
@@ -137,11 +137,11 @@ BIG = ["--set", "model.iterations=2", "--set", "evaluate.holdout_days=0", "--set
 
 
 @pytest.mark.slow
-def test_kill_while_searching(published: Path, cli, big_log: Path):
+def test_kill_while_searching(published: Path, cli, big_log: Path, cli_bg):
     args = link_input(published, big_log, "big")
     before = published_files(out_dir(published))
     log = LogTail(published)
-    proc = start_cli(published, *FORCED, *args, *BIG)
+    proc = cli_bg(published, *FORCED, *args, *BIG)
     wait_for(proc, lambda: log.has("step train done"), "the u2i search starts")
     time.sleep(0.3)
     staged = list((out_dir(published) / "_staging").rglob("*.parquet"))
@@ -153,11 +153,11 @@ def test_kill_while_searching(published: Path, cli, big_log: Path):
 
 
 @pytest.mark.slow
-def test_kill_in_the_middle_of_the_part_files(published: Path, cli, big_log: Path):
+def test_kill_in_the_middle_of_the_part_files(published: Path, cli, big_log: Path, cli_bg):
     args = link_input(published, big_log, "big")
     before = published_files(out_dir(published))
     log = LogTail(published)
-    proc = start_cli(published, *FORCED, *args, *BIG, "--set", "output.row_group_rows=20000",
+    proc = cli_bg(published, *FORCED, *args, *BIG, "--set", "output.row_group_rows=20000",
                      "--set", "output.max_rows_per_file=60000")
     staging = out_dir(published) / "_staging"
     wait_for(proc, lambda: any(staging.glob("*/u2i/dt=*/part-00002.parquet")), "the third u2i part file")
@@ -170,13 +170,13 @@ def test_kill_in_the_middle_of_the_part_files(published: Path, cli, big_log: Pat
 
 
 @pytest.mark.parametrize("point", ["before-success", "published-u2i", "published-popular"])
-def test_kill_between_data_and_marker_of_a_forced_rerun(point: str, published: Path, cli):
+def test_kill_between_data_and_marker_of_a_forced_rerun(point: str, published: Path, cli, cli_bg):
     """Killed after the data and before what makes it visible: staged parts without _SUCCESS,
     or some tables swapped in before the manifest (the commit point) was written."""
     out = out_dir(published)
     before = published_files(out)
     old_u2i = read_arrow("small", "u2i", DATE, output=published / "data" / "recall")
-    proc = start_cli(published, *FORCED, env={"RECALL_TEST_PAUSE_AT": point})
+    proc = cli_bg(published, *FORCED, env={"RECALL_TEST_PAUSE_AT": point})
     wait_for_stderr(proc, f"test pause at {point}")
     killed(proc)
     if point == "before-success":
@@ -199,13 +199,13 @@ def test_kill_between_data_and_marker_of_a_forced_rerun(point: str, published: P
 
 
 @pytest.mark.parametrize("point", ["before-success", "published-u2i", "published-popular", "before-latest"])
-def test_kill_while_publishing_a_new_date(point: str, published: Path, cli):
+def test_kill_while_publishing_a_new_date(point: str, published: Path, cli, cli_bg):
     """The same points on a first publish of a date: an unfinished one is taken back out by the
     next run; one killed after its manifest is finished (its _LATEST moved) by the next run."""
     out = out_dir(published)
     before = published_files(out)
     args = ["run", "small", "--date", NEXT, "--set", "input.require_run_date=false"]
-    proc = start_cli(published, *args, env={"RECALL_TEST_PAUSE_AT": point})
+    proc = cli_bg(published, *args, env={"RECALL_TEST_PAUSE_AT": point})
     wait_for_stderr(proc, f"test pause at {point}")
     killed(proc)
     assert (out / "_LATEST").read_text().strip() == DATE
@@ -224,12 +224,12 @@ def test_kill_while_publishing_a_new_date(point: str, published: Path, cli):
         {k: v for k, v in before.items() if k != "_LATEST"}
 
 
-def test_kill_between_manifest_and_latest_of_a_forced_rerun(published: Path, cli):
+def test_kill_between_manifest_and_latest_of_a_forced_rerun(published: Path, cli, cli_bg):
     """The manifest is the commit point: the new run is complete and consistent; _LATEST already
     named the date."""
     out = out_dir(published)
     before = manifest(out)
-    proc = start_cli(published, *FORCED, env={"RECALL_TEST_PAUSE_AT": "before-latest"})
+    proc = cli_bg(published, *FORCED, env={"RECALL_TEST_PAUSE_AT": "before-latest"})
     wait_for_stderr(proc, "test pause at before-latest")
     killed(proc)
     m = assert_consistent(out, DATE)
