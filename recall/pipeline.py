@@ -110,7 +110,7 @@ def run_job(spec: JobSpec, opts: RunOptions) -> RunResult:
 def settle(out: publish.JobDir, console: bool = True) -> None:
     """Undo (or finish) publishes that did not complete, saying so."""
     for what in publish.recover(out):
-        logger.bind(console=console).warning(f"{what}: its publish had not completed")
+        logger.bind(console=console).warning(what)
 
 
 def run_locked(spec: JobSpec, opts: RunOptions, out: publish.JobDir, run_id: str) -> RunResult:

@@ -185,11 +185,11 @@ def recover(job: JobDir) -> list[str]:
         date, run_id = note["date"], note["run_id"]
         if (read_manifest(job, date) or {}).get("run_id") == run_id:
             set_latest(job, date)
-            settled.append(f"finished run {run_id} of {date}")
+            settled.append(f"run {run_id} of {date} died after its manifest: _LATEST brought up to date")
         else:
             for table in note["tables"]:
                 unpublish(run / table / f"dt={date}", job.partition(table, date), run_id)
-            settled.append(f"undid run {run_id} of {date}")
+            settled.append(f"run {run_id} of {date} died while publishing: the previous partitions are back")
         (run / JOURNAL).unlink()
     return settled
 
