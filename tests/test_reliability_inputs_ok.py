@@ -37,6 +37,15 @@ def run_ok(root: Path, cli, case: str, *args: str) -> dict:
     return assert_consistent(out_dir(root))
 
 
+def write_input(root: Path, frame: pd.DataFrame, name: str, fmt: str) -> list[str]:
+    """`frame` as data/<name>.csv or a dt-partitioned data/<name>; the --set that reads it."""
+    if fmt == "csv":
+        write_csv(frame, root / "data" / f"{name}.csv")
+        return ["--set", f'input.path="data/{name}.csv"']
+    write_partitioned(frame, root / "data" / name)
+    return ["--set", f'input.path="data/{name}"']
+
+
 def check_u2i(root: Path, frame: pd.DataFrame, k: int = K) -> pd.DataFrame:
     """Every user of the input gets exactly min(k, unseen items) rows, none seen, ranks 1..n,
     finite scores, ids of the input's type and values."""
@@ -81,13 +90,7 @@ def test_text_ids_with_leading_zeros_stay_text(fmt, tmp_path, small_log, cli):
     frame["item_id"] = frame["item_id"].map(lambda i: f"0{i}")
     frame.loc[frame.index[:50], "user_id"] = "7"  # "7" and "0000007" are two users
     frame.loc[frame.index[50:100], "user_id"] = "0000007"
-    if fmt == "csv":
-        write_csv(frame, root / "data" / "ids.csv")
-        path = "data/ids.csv"
-    else:
-        write_partitioned(frame, root / "data" / "ids")
-        path = "data/ids"
-    run_ok(root, cli, f"text ids with leading zeros ({fmt})", "--set", f'input.path="{path}"')
+    run_ok(root, cli, f"text ids with leading zeros ({fmt})", *write_input(root, frame, "ids", fmt))
     u2i = check_u2i(root, frame)
     schema = table(out_dir(root), "u2i").schema
     assert schema.field("user_id").type == pa.string() and schema.field("item_id").type == pa.string()
@@ -164,13 +167,7 @@ def test_rows_after_the_run_date_are_ignored(fmt, tmp_path, small_log, cli):
     later["ts"] = pd.Timestamp(f"{DATE}T00:00:00Z") + pd.Timedelta(days=1) + pd.to_timedelta(after, "s")
     later["dt"] = later["ts"].dt.strftime("%Y-%m-%d")
     both = pd.concat([frame, later], ignore_index=True)
-    if fmt == "csv":
-        write_csv(both, root / "data" / "late.csv")
-        path = "data/late.csv"
-    else:
-        write_partitioned(both, root / "data" / "late")
-        path = "data/late"
-    m = run_ok(root, cli, f"rows after the run date ({fmt})", "--set", f'input.path="{path}"')
+    m = run_ok(root, cli, f"rows after the run date ({fmt})", *write_input(root, both, "late", fmt))
     assert m["input"]["rows_in_window"] == len(frame)
     u2i = check_u2i(root, frame)
     assert (u2i["user_id"] < 10**12).all()
