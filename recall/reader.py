@@ -67,7 +67,9 @@ def read_arrow(job: str, table: str = "u2i", date: str | None = None, output: st
         dates = published_dates(job, output)
         if dates:
             return read_partition(out.partition(table, dates[-1]), columns)
-    raise LookupError(f"{job} {chosen or 'nothing'} is not published under {output}")
+    if not chosen:
+        raise LookupError(f"nothing published for job {job} under {output}")
+    raise LookupError(f"{job} {chosen} is not published under {output}")
 
 
 def read_partition(folder: Path, columns: list[str] | None) -> pa.Table:
