@@ -315,8 +315,11 @@ def set_latest(job: JobDir, date: str) -> str:
 
 
 def clear_staging(job: JobDir) -> list[str]:
-    """Remove staging folders left by crashed runs (call only while holding the job's lock);
-    a folder whose publish is not settled (see `recover`) is kept: it holds the previous data."""
+    """Remove staging folders and temporary files left by crashed runs (call only while holding
+    the job's lock); a folder whose publish is not settled (see `recover`) is kept: it holds the
+    previous data."""
+    for stale in [*job.root.glob(".*.tmp-*"), *(job.root / MANIFESTS).glob(".*.tmp-*")]:
+        stale.unlink(missing_ok=True)  # a write_atomic cut short by a kill
     folder = job.root / STAGING
     if not folder.is_dir():
         return []

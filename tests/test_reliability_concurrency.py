@@ -13,8 +13,20 @@ import pyarrow.parquet as pq
 import pytest
 
 from recall.reader import read_arrow
-from tests.reliability import (DATE, LogTail, assert_consistent, assert_refused, manifest, out_dir, published,
-                               published_template, record, staging_left, cli_bg, wait_for)
+from tests.reliability import (
+    DATE,
+    LogTail,
+    assert_consistent,
+    assert_refused,
+    cli_bg,
+    manifest,
+    out_dir,
+    published,
+    published_template,
+    record,
+    staging_left,
+    wait_for,
+)
 
 __all__ = ["cli_bg", "published", "published_template"]  # fixtures used below
 

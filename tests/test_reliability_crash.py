@@ -22,9 +22,23 @@ import pytest
 from recall.reader import read_arrow
 from recall.synth import SynthSpec, generate
 from tests.conftest import RUN_DATE
-from tests.reliability import (DATE, PREVIOUS, LogTail, assert_consistent, kill, manifest, out_dir, published,
-                               published_files, published_template, record, staging_left, cli_bg, wait_for,
-                               wait_for_stderr)
+from tests.reliability import (
+    DATE,
+    PREVIOUS,
+    LogTail,
+    assert_consistent,
+    cli_bg,
+    kill,
+    manifest,
+    out_dir,
+    published,
+    published_files,
+    published_template,
+    record,
+    staging_left,
+    wait_for,
+    wait_for_stderr,
+)
 
 __all__ = ["cli_bg", "published", "published_template"]  # fixtures used below
 

@@ -13,9 +13,21 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability import (DATE, assert_consistent, assert_refused, out_dir, published, published_files,
-                               published_template, record, resume, staging_left, cli_bg, success_markers,
-                               wait_for_stderr)
+from tests.reliability import (
+    DATE,
+    assert_consistent,
+    assert_refused,
+    cli_bg,
+    out_dir,
+    published,
+    published_files,
+    published_template,
+    record,
+    resume,
+    staging_left,
+    success_markers,
+    wait_for_stderr,
+)
 
 __all__ = ["cli_bg", "published", "published_template"]  # fixtures used below
 

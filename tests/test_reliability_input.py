@@ -13,9 +13,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.reliability import (DATE, assert_consistent, assert_refused, manifest, out_dir, published,
-                               published_files, published_template, record, success_markers, window_frame,
-                               write_csv, write_partitioned)
+from tests.reliability import (
+    DATE,
+    assert_consistent,
+    assert_refused,
+    out_dir,
+    published,
+    published_files,
+    published_template,
+    record,
+    success_markers,
+    window_frame,
+    write_csv,
+    write_partitioned,
+)
 
 __all__ = ["published", "published_template"]  # fixtures used below
 

@@ -16,8 +16,17 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import write_spec
-from tests.reliability import (DATE, assert_consistent, manifest, out_dir, record, table, window_frame,
-                               write_csv, write_partitioned)
+from tests.reliability import (
+    DATE,
+    assert_consistent,
+    manifest,
+    out_dir,
+    record,
+    table,
+    window_frame,
+    write_csv,
+    write_partitioned,
+)
 
 FAST = ["--set", "evaluate.holdout_days=0"]
 K = 20  # recall.u2i.k of the test spec
@@ -76,7 +85,8 @@ def test_int64_extreme_ids_are_kept_exactly(tmp_path, small_log, cli):
     write_partitioned(frame, root / "data" / "ids")
     run_ok(root, cli, "int64 extreme ids (2^63-1, -2^63, -1, 0)", "--set", 'input.path="data/ids"')
     u2i = check_u2i(root, frame)
-    assert pq.read_schema(next((out_dir(root) / "u2i" / f"dt={DATE}").glob("*.parquet"))).field("user_id").type == pa.int64()
+    part = next((out_dir(root) / "u2i" / f"dt={DATE}").glob("*.parquet"))
+    assert pq.read_schema(part).field("user_id").type == pa.int64()
     assert {hi, lo, 0, -1} <= set(u2i["user_id"])
     popular = table(out_dir(root), "popular").to_pandas()
     assert {hi, lo + 1, -1, 0} <= set(popular["item_id"])  # the four most frequent items
@@ -105,7 +115,8 @@ def test_one_user_with_100k_interactions(tmp_path, small_log, cli):
     items = np.sort(frame["item_id"].unique())
     heavy = pd.DataFrame({
         "user_id": np.int64(1), "item_id": rng.choice(items[:300], 100_000),
-        "event": "view", "ts": pd.Timestamp(f"{DATE}T12:00:00Z") - pd.to_timedelta(rng.integers(0, 9 * 86_400, 100_000), "s"),
+        "event": "view",
+        "ts": pd.Timestamp(f"{DATE}T12:00:00Z") - pd.to_timedelta(rng.integers(0, 9 * 86_400, 100_000), "s"),
     })
     heavy["dt"] = heavy["ts"].dt.strftime("%Y-%m-%d")
     frame = pd.concat([frame, heavy], ignore_index=True)

@@ -109,3 +109,11 @@ def test_a_rerun_numbers_its_part_files_after_the_ones_it_replaces(job: JobDir):
         names = sorted(p.name for p in (job.staging("r2") / table / f"dt={DATE}").glob("*.parquet"))
         assert names == ["part-00001.parquet"]
     assert publish.next_part(Path("/nonexistent")) == 0
+
+
+def test_temporary_files_of_a_write_cut_short_are_cleared(job: JobDir):
+    before = snapshot(job)
+    for stale in (job.root / "._LATEST.tmp-4242", job.manifest(DATE).with_name(f".dt={DATE}.json.tmp-4242")):
+        stale.write_text("half")
+    publish.clear_staging(job)
+    assert snapshot(job) == before
