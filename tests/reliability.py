@@ -27,6 +27,7 @@ from tests.conftest import RUN_DATE, SMALL, run_cli, write_spec
 DATE = RUN_DATE.isoformat()
 PREVIOUS = (RUN_DATE - dt.timedelta(days=1)).isoformat()
 NOT_PUBLISHED = ("_lock", "_history.jsonl")
+FORCED = ["run", "small", "--date", DATE, "--force"]  # a forced rerun of the published DATE
 
 
 # --- the baseline: a project with two published dates ----------------------------------

@@ -15,6 +15,7 @@ import pytest
 from recall.reader import read_arrow
 from tests.reliability import (
     DATE,
+    FORCED,
     LogTail,
     assert_consistent,
     assert_refused,
@@ -30,7 +31,6 @@ from tests.reliability import (
 
 __all__ = ["cli_bg", "published", "published_template"]  # fixtures used below
 
-FORCED = ["run", "small", "--date", DATE, "--force"]
 SLOW = ["--set", "model.iterations=300", "--set", "evaluate.holdout_days=0"]  # ~2 s of training: runs overlap
 
 

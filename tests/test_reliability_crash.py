@@ -24,6 +24,7 @@ from recall.synth import SynthSpec, generate
 from tests.conftest import RUN_DATE
 from tests.reliability import (
     DATE,
+    FORCED,
     PREVIOUS,
     LogTail,
     assert_consistent,
@@ -43,7 +44,6 @@ from tests.reliability import (
 __all__ = ["cli_bg", "published", "published_template"]  # fixtures used below
 
 NEXT = (RUN_DATE + dt.timedelta(days=1)).isoformat()
-FORCED = ["run", "small", "--date", DATE, "--force"]
 
 
 @pytest.fixture(scope="session")

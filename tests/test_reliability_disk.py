@@ -15,6 +15,7 @@ import pytest
 
 from tests.reliability import (
     DATE,
+    FORCED,
     assert_consistent,
     assert_refused,
     cli_bg,
@@ -31,7 +32,6 @@ from tests.reliability import (
 
 __all__ = ["cli_bg", "published", "published_template"]  # fixtures used below
 
-FORCED = ["run", "small", "--date", DATE, "--force"]
 
 
 @contextmanager
