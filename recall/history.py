@@ -30,7 +30,8 @@ def append(out: JobDir, record: dict) -> None:
             fh.write(line)
         trim(path)
     except OSError as exc:
-        logger.warning(f"cannot record the run in {path}: {exc.strerror}")
+        # a failed run has printed its one line already: then this is detail for the log only
+        logger.bind(console=record.get("exit_code") == 0).warning(f"cannot record the run in {path}: {exc.strerror}")
 
 
 def trim(path: Path) -> None:

@@ -254,7 +254,8 @@ def normalise(table: pa.Table, cols: Columns, spec: InputSection, file: Path, fi
         out["ts"], out["ts_bad"] = None, None
     if cols.weight:
         col = table.column(cols.weight)
-        if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_decimal(col.type)):
+        if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_decimal(col.type)
+                or pa.types.is_null(col.type)):
             raise InputError(f"weight column {cols.weight!r} in {file} is {col.type}, not a number")
         out["weight"] = col.cast(pa.float64()).to_numpy().astype(np.float64, copy=False)
     else:
@@ -263,7 +264,7 @@ def normalise(table: pa.Table, cols: Columns, spec: InputSection, file: Path, fi
         col = table.column(cols.event)
         if pa.types.is_dictionary(col.type):
             col = col.cast(col.type.value_type)
-        out["event"] = pa.concat_arrays(col.cast(pa.string()).chunks) if col.num_chunks else pa.array([], pa.string())
+        out["event"] = col.cast(pa.string()).combine_chunks()  # also right for 0 chunks
     else:
         out["event"] = None
     return out
@@ -271,7 +272,9 @@ def normalise(table: pa.Table, cols: Columns, spec: InputSection, file: Path, fi
 
 def id_array(col: pa.ChunkedArray, name: str, file: Path, csv: bool) -> pa.Array:
     """Ids as int64 or string. Float ids are refused: above 2^53 they silently lose precision."""
-    arr = pa.concat_arrays(col.chunks) if col.num_chunks else pa.array([], col.type)
+    arr = col.combine_chunks()
+    if pa.types.is_null(arr.type):  # a CSV column with no value at all: every id is null
+        arr = arr.cast(pa.string())
     kind = arr.type
     if pa.types.is_dictionary(kind):
         arr = arr.cast(kind.value_type)
@@ -322,8 +325,10 @@ def text_ids(arr: pa.Array, name: str, file: Path) -> pa.Array:
 
 def time_array(col: pa.ChunkedArray, unit: str, name: str, file: Path) -> tuple[np.ndarray, np.ndarray]:
     """UTC microseconds and a mask of unparseable (or null) times. Naive times are UTC."""
-    arr = pa.concat_arrays(col.chunks) if col.num_chunks else pa.array([], col.type)
+    arr = col.combine_chunks()
     kind = arr.type
+    if pa.types.is_null(kind):  # a CSV column with no value at all: every time is missing
+        return np.zeros(len(arr), dtype=np.int64), np.ones(len(arr), dtype=bool)
     scale = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": 0.001}[unit]
     if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
         arr = arr.cast(pa.timestamp("us", tz=getattr(kind, "tz", None) or "UTC") if pa.types.is_timestamp(kind)

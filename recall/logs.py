@@ -1,6 +1,8 @@
 """loguru sinks: the job's rotating file, and stderr (progress on a terminal, problems under cron)."""
 from __future__ import annotations
 
+import errno
+import os
 import sys
 from pathlib import Path
 
@@ -11,6 +13,7 @@ from recall.errors import SpecError
 
 FILE_FORMAT = ("{time:YYYY-MM-DD HH:mm:ss.SSS ZZ} | {level: <7} | job={extra[job]} date={extra[date]} "
                "run={extra[run_id]} | {message}")
+MIN_FREE = 64 * 1024  # below this the log file is not opened: a run logs a few KB
 CONSOLE_FORMAT = "<level>{level: <7}</level> {time:HH:mm:ss} {extra[job]} {extra[date]} | {message}"
 
 
@@ -37,6 +40,8 @@ def add_job_file(spec: LogSection, job: str, root: Path) -> int:
     path = folder / f"{job}.log"
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        if free_bytes(folder) < MIN_FREE:  # else every record would print loguru's error report
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         return logger.add(path, level=spec.level, format=FILE_FORMAT, rotation=spec.rotation,
                           retention=spec.retention, compression=spec.compression or None,
                           encoding="utf-8", enqueue=False, backtrace=False, diagnose=False,
@@ -49,9 +54,14 @@ def add_job_file(spec: LogSection, job: str, root: Path) -> int:
         return -1
 
 
+def free_bytes(folder: Path) -> int:
+    st = os.statvfs(folder)
+    return st.f_bavail * st.f_frsize
+
+
 def remove_sink(sink_id: int) -> None:
     if sink_id >= 0:
         try:
             logger.remove(sink_id)
-        except ValueError:
+        except (ValueError, OSError):  # OSError: the last flush hit a full disk; the run's outcome stands
             pass

@@ -25,6 +25,7 @@ from recall.logs import add_job_file, remove_sink
 from recall.matrix import Interactions, encode
 from recall.reader import read_arrow
 from recall.recaller import Recaller, blocked_items, fit
+from recall.testpoint import pause_point
 from recall.train import job_threads
 from recall.validate import validate
 from recall.versions import code_version, library_versions
@@ -106,8 +107,18 @@ def run_job(spec: JobSpec, opts: RunOptions) -> RunResult:
             remove_sink(sink)
 
 
+def settle(out: publish.JobDir, console: bool = True) -> None:
+    """Undo (or finish) publishes that did not complete, saying so."""
+    for what in publish.recover(out):
+        logger.bind(console=console).warning(what)
+
+
 def run_locked(spec: JobSpec, opts: RunOptions, out: publish.JobDir, run_id: str) -> RunResult:
     date = opts.date.isoformat()
+    try:
+        settle(out)  # a run killed while publishing
+    except OSError as exc:
+        raise publish.output_error(exc, out.root) from None
     leftovers = publish.clear_staging(out)
     if leftovers:
         logger.info(f"cleared {len(leftovers)} staging folder(s) left by earlier runs")
@@ -184,15 +195,25 @@ def run_locked(spec: JobSpec, opts: RunOptions, out: publish.JobDir, run_id: str
     }
     try:
         with timer.step("publish"):
+            publish.begin_publish(out, run_id, date, list(markers))
             for name in markers:
                 publish.publish_partition(staged / name / f"dt={date}", out.partition(name, date))
+                pause_point(f"published-{name}")
         manifest["timings"] = timer.timings
         manifest["published_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        publish.write_atomic(out.manifest(date), json_dump(manifest))
+        publish.write_atomic(out.manifest(date), json_dump(manifest))  # the commit point
+        pause_point("before-latest")
         newest = publish.set_latest(out, date)  # only now, after every table and the manifest
+        publish.end_publish(out, run_id)
         removed = publish.retire(out, spec.output.keep_days, list(TABLES), run_id)
-    except OSError as exc:
-        raise publish.output_error(exc, out.root) from None
+    except BaseException as exc:
+        try:
+            settle(out, console=False)  # put back the partitions this run replaced
+        except OSError as undo:  # its journal stays, and the next run tries again
+            logger.bind(console=False).error(f"could not undo the unfinished publish: {undo}")
+        if isinstance(exc, OSError):
+            raise publish.output_error(exc, out.root) from None
+        raise
     logger.info(f"published {date} (latest {newest}); timings "
                 + ", ".join(f"{k} {v:.2f}s" for k, v in timer.timings.items())
                 + (f"; retired {', '.join(removed)}" if removed else ""))
@@ -204,7 +225,8 @@ def check_catalogue(inter: Interactions, blocked: np.ndarray, raw) -> None:
         raise InputError(f"only {len(inter.items)} distinct item(s) in the window "
                          f"({raw.rows} rows from {raw.files[0].path}...): nothing to recommend")
     if int((~blocked).sum()) == 0:
-        raise InputError("every item of the window is blocklisted: nothing to recommend")
+        raise InputError(f"all {len(inter.items)} items of the window are blocklisted ([filter] blocklist, "
+                         "blocklist_path): nothing to recommend")
 
 
 def load_blocklist(spec: JobSpec, root: Path) -> list:
@@ -264,8 +286,9 @@ def popular_schema(item_type: pa.DataType) -> pa.Schema:
 
 def writer(spec: JobSpec, staged: Path, table: str, date: str, schema: pa.Schema) -> publish.TableWriter:
     o = spec.output
+    final = staged.parent.parent / table / f"dt={date}"  # <job>/_staging/<run> -> <job>/<table>/dt=D
     return publish.TableWriter(staged / table / f"dt={date}", schema, o.max_rows_per_file,
-                               o.row_group_rows, o.compression)
+                               o.row_group_rows, o.compression, first_part=publish.next_part(final))
 
 
 def long_rows(keys: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -6,7 +6,9 @@ Layout under <output.path>/<job>/ (DESIGN.md):
     _LATEST                                                  newest fully published date
     _staging/<run_id>/<table>/dt=D/                          a run's work in progress
 A partition appears by one rename (or an atomic exchange with the old one), so a reader sees
-either the complete old or the complete new partition, never a mix.
+either the complete old or the complete new partition, never a mix. The manifest is the commit
+point: until it is written, the partitions a run replaced wait in its staging folder, and a run
+that dies in between is undone by the next one (`recover`).
 """
 from __future__ import annotations
 
@@ -23,11 +25,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recall.errors import OutputError
+from recall.testpoint import pause_point
 
 SUCCESS = "_SUCCESS"
 MANIFESTS = "_manifest"
 LATEST = "_LATEST"
 STAGING = "_staging"
+JOURNAL = "_PUBLISHING"
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
@@ -64,6 +68,7 @@ class TableWriter:
     max_rows_per_file: int
     row_group_rows: int
     compression: str = "zstd"
+    first_part: int = 0  # number of the first part file (see next_part)
     rows: int = 0
     files: dict[str, int] = field(default_factory=dict)
     _writer: pq.ParquetWriter | None = None
@@ -97,7 +102,7 @@ class TableWriter:
     def _open_next(self) -> None:
         self._close_current()
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._current = f"part-{len(self.files):05d}.parquet"
+        self._current = f"part-{self.first_part + len(self.files):05d}.parquet"
         # dictionary pages only for text columns (source, string ids): on ids and scores they cost
         # time and buy nothing next to zstd
         text = [f.name for f in self.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
@@ -119,29 +124,92 @@ class TableWriter:
         if not self.files:
             self._open_next()  # an empty table still gets one part file, so readers see its schema
         self._close_current()
+        pause_point("before-success")
         marker = {"run_id": run_id, "rows": self.rows, "files": self.files}
         write_atomic(self.folder / SUCCESS, json.dumps(marker, indent=1) + "\n")
         fsync_dir(self.folder)
         return marker
 
 
+def next_part(final: Path) -> int:
+    """The first part number for a new run of the partition at `final`: after the numbers its
+    current files use, so that a reader that listed the old files and opens them after the swap
+    gets "not found", never a file of the new run in place of one of the old."""
+    numbers = [int(p.name[5:-8]) for p in final.glob("part-*.parquet") if p.name[5:-8].isdigit()]
+    return max(numbers) + 1 if numbers else 0
+
+
 # --- publishing ------------------------------------------------------------------
 
 
 def publish_partition(staged: Path, final: Path) -> None:
-    """Make `staged` visible at `final` in one step; an older `final` is swapped out and removed."""
+    """Make `staged` visible at `final` in one step. An older `final` is swapped into `staged`,
+    where it waits until the run commits (its manifest is written) and staging is cleared, or
+    is swapped back by `recover` if the run dies first."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    if final.exists():
-        if exchange(staged, final):
-            shutil.rmtree(staged, ignore_errors=True)  # now holds the old partition
-        else:
-            # no atomic exchange on this file system: a brief gap, but never a mix
-            retired = staged.with_name(staged.name + ".old")
-            os.rename(final, retired)
-            os.rename(staged, final)
-            shutil.rmtree(retired, ignore_errors=True)
-    else:
+    if not final.exists():
         os.rename(staged, final)
+    elif not exchange(staged, final):
+        # no atomic exchange on this file system: a brief gap, but never a mix
+        old = aside(staged)
+        os.rename(final, old)
+        os.rename(staged, final)
+        os.rename(old, staged)
+    fsync_dir(final.parent)
+
+
+def aside(staged: Path) -> Path:
+    return staged.with_name(staged.name + ".old")
+
+
+def begin_publish(job: JobDir, run_id: str, date: str, tables: list[str]) -> None:
+    """Journal, in the run's staging folder, what the run is about to publish (see `recover`)."""
+    note = {"run_id": run_id, "date": date, "tables": tables}
+    write_atomic(job.staging(run_id) / JOURNAL, json.dumps(note) + "\n")
+
+
+def end_publish(job: JobDir, run_id: str) -> None:
+    """The run's publish is complete: its staging folder may go."""
+    (job.staging(run_id) / JOURNAL).unlink(missing_ok=True)
+
+
+def recover(job: JobDir) -> list[str]:
+    """Settle publishes that a run began and did not finish (killed, or failed half-way).
+
+    A run whose manifest is in place committed: only _LATEST may lag, and it is moved. Any
+    other run's partitions are swapped back out, so its date is exactly as before that run.
+    Call under the job's lock, before clearing staging (which holds the previous partitions).
+    """
+    folder = job.root / STAGING
+    settled = []
+    for run in sorted(folder.iterdir()) if folder.is_dir() else []:
+        note = read_json(run / JOURNAL)
+        if not note:
+            continue
+        date, run_id = note["date"], note["run_id"]
+        if (read_manifest(job, date) or {}).get("run_id") == run_id:
+            set_latest(job, date)
+            settled.append(f"run {run_id} of {date} died after its manifest: _LATEST brought up to date")
+        else:
+            for table in note["tables"]:
+                unpublish(run / table / f"dt={date}", job.partition(table, date), run_id)
+            settled.append(f"run {run_id} of {date} died while publishing: the previous partitions are back")
+        (run / JOURNAL).unlink()
+    return settled
+
+
+def unpublish(staged: Path, final: Path, run_id: str) -> None:
+    """Put back what `publish_partition(staged, final)` replaced, wherever it was interrupted."""
+    marker = read_json(final / SUCCESS) or {}
+    if marker.get("run_id") == run_id:  # this run's partition is visible: take it away
+        if staged.exists():  # the previous partition waits in staging
+            if not exchange(staged, final):
+                os.rename(final, staged.with_name(staged.name + ".new"))
+                os.rename(staged, final)
+        else:
+            os.rename(final, staged)
+    if not final.exists() and aside(staged).exists():  # killed inside the fallback swap
+        os.rename(aside(staged), final)
     fsync_dir(final.parent)
 
 
@@ -164,11 +232,15 @@ def write_atomic(path: Path, text: str) -> None:
     """Write a small file so readers see the old or the new content, never a torn one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc  # name the file, not the temporary
     fsync_dir(path.parent)
 
 
@@ -247,12 +319,18 @@ def set_latest(job: JobDir, date: str) -> str:
 
 
 def clear_staging(job: JobDir) -> list[str]:
-    """Remove staging folders left by crashed runs (call only while holding the job's lock)."""
+    """Remove staging folders and temporary files left by crashed runs (call only while holding
+    the job's lock); a folder whose publish is not settled (see `recover`) is kept: it holds the
+    previous data."""
+    for stale in [*job.root.glob(".*.tmp-*"), *(job.root / MANIFESTS).glob(".*.tmp-*")]:
+        stale.unlink(missing_ok=True)  # a write_atomic cut short by a kill
     folder = job.root / STAGING
     if not folder.is_dir():
         return []
     removed = []
     for child in folder.iterdir():
+        if (child / JOURNAL).exists():
+            continue
         shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
         removed.append(child.name)
     return removed
@@ -289,4 +367,4 @@ def retire(job: JobDir, keep_days: int, tables: list[str], run_id: str) -> list[
 
 def output_error(exc: OSError, where: Path) -> OutputError:
     reason = os.strerror(exc.errno) if exc.errno else str(exc)
-    return OutputError(f"cannot write output under {where}: {reason} ({exc.filename or where})")
+    return OutputError(f"cannot write output under {where}: {reason}" + (f" ({exc.filename})" if exc.filename else ""))

@@ -6,17 +6,21 @@ partition folder, so a rerun swapping the partition mid-read cannot mix two runs
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
+import time
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recall.publish import SUCCESS, JobDir, is_published, latest
+from recall.config import JOB_NAME_RE
+from recall.publish import SUCCESS, JobDir, is_published, latest, read_manifest
 
 TABLES = ("u2i", "i2i", "popular")
+SETTLE_S = 2.0  # how long a date whose tables and manifest disagree is waited for
 
 
 def published_dates(job: str, output: str | Path = "data/recall") -> list[str]:
@@ -39,18 +43,33 @@ def read_arrow(job: str, table: str = "u2i", date: str | None = None, output: st
                columns: list[str] | None = None) -> pa.Table:
     if table not in TABLES:
         raise ValueError(f"unknown table {table!r}; tables: {', '.join(TABLES)}")
+    if not JOB_NAME_RE.match(job):
+        raise ValueError(f"bad job name {job!r}: letters, digits, '_' and '-' only")
+    if date is not None:
+        dt.date.fromisoformat(date)  # a date, not a path: ValueError otherwise
     out = JobDir(Path(output) / job)
-    date = date or latest(out)
-    if not date:
+    chosen = date or latest(out)
+    deadline = time.monotonic() + SETTLE_S
+    while chosen and read_manifest(out, chosen) is not None:
+        if is_published(out, chosen):
+            try:
+                return read_partition(out.partition(table, chosen), columns)
+            except FileNotFoundError:
+                pass  # swapped between listing and opening: read again
+        elif time.monotonic() > deadline:
+            break
+        else:
+            time.sleep(0.02)  # a rerun is publishing this date: it settles in milliseconds
+        chosen = date or latest(out)
+    if date is None:
+        # the newest date is half-republished by a run that died (the job's next run puts
+        # it back): serve the newest complete date meanwhile, never a mix
+        dates = published_dates(job, output)
+        if dates:
+            return read_partition(out.partition(table, dates[-1]), columns)
+    if not chosen:
         raise LookupError(f"nothing published for job {job} under {output}")
-    if not is_published(out, date):
-        raise LookupError(f"{job} {date} is not published under {output}")
-    for _ in range(5):
-        try:
-            return read_partition(out.partition(table, date), columns)
-        except FileNotFoundError:
-            continue  # the partition was swapped under us between listing and opening: read again
-    raise LookupError(f"{job} {table} {date} kept changing while being read")
+    raise LookupError(f"{job} {chosen} is not published under {output}")
 
 
 def read_partition(folder: Path, columns: list[str] | None) -> pa.Table:

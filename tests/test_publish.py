@@ -65,7 +65,10 @@ def test_publish_new_then_replace_by_exchange(tmp_path):
     part = job.partition("popular", "2026-11-01")
     assert sorted(p.name for p in part.iterdir()) == ["_SUCCESS", "part-00000.parquet"]
     assert pq.read_table(part / "part-00000.parquet").num_rows == 7
-    assert not (job.staging("r2") / "popular" / "dt=2026-11-01").exists()  # the old one is gone
+    old = job.staging("r2") / "popular" / "dt=2026-11-01"  # the old one waits here until the run ends
+    assert pq.read_table(old / "part-00000.parquet").num_rows == 5
+    publish.clear_staging(job)
+    assert not old.exists()
 
 
 def test_a_date_is_published_only_when_every_table_carries_the_manifest_run(tmp_path):
