@@ -1,6 +1,7 @@
 """Holdout split, ranking metrics, and the quality gate."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -223,32 +224,40 @@ def enforce_gate(checks: list[dict], skip: bool) -> None:
         raise GateError(f"quality gate refused to publish: {c['check']}: {detail}")
 
 
-def backtest(previous: pa.Table, prev_date: str, inter: Interactions, prev_end_us: int, k: int,
-             max_users: int, seed: int) -> dict:
+def backtest(read_served: Callable[[pa.Array], pa.Table], prev_date: str, inter: Interactions,
+             prev_end_us: int, k: int, max_users: int, seed: int) -> dict:
     """Score what was served: the u2i table published for `prev_date` against what its users did
-    after it (up to this run's date), counting items they had not touched before it."""
+    after it (up to this run's date), counting items they had not touched before it.
+
+    `read_served(user_ids)` returns the served rows (user_id, item_id, rank) of those users only,
+    so memory stays bounded by `max_users`, not by the size of the served table.
+    """
     if inter.ts is None:
         return {"date": prev_date, "skipped": "the log has no time column"}
     after = inter.ts >= prev_end_us
     if not after.any():
         return {"date": prev_date, "skipped": "no interactions after that date in this window"}
-    before_keys = np.unique(inter.user_idx[~after].astype(np.int64) * len(inter.items) + inter.item_idx[~after])
-    keys = np.unique(inter.user_idx[after].astype(np.int64) * len(inter.items) + inter.item_idx[after])
+    n_items = len(inter.items)
+    before_keys = np.unique(inter.user_idx[~after].astype(np.int64) * n_items + inter.item_idx[~after])
+    keys = np.unique(inter.user_idx[after].astype(np.int64) * n_items + inter.item_idx[after])
     fresh = keys[~np.isin(keys, before_keys)]
-    users = IdMap(inter.users.values).index_of(previous.column("user_id").combine_chunks())
-    items = IdMap(inter.items.values).index_of(previous.column("item_id").combine_chunks())
-    served = np.unique(users[users >= 0])
-    test_user, test_item = fresh // len(inter.items), fresh % len(inter.items)
-    covered = np.isin(test_user, served)
-    split = Split(inter, test_user[covered], test_item[covered], f"served on {prev_date}", prev_end_us)
-    if split.test_user.size == 0:
+    if fresh.size == 0:
+        return {"date": prev_date, "skipped": "returning users touched no new item"}
+    returning = Split(inter, fresh // n_items, fresh % n_items, "", prev_end_us)
+    sampled = sample_users(returning, max_users, seed)
+    served = read_served(inter.users.values.take(pa.array(sampled)))
+    users = IdMap(inter.users.values).index_of(served.column("user_id").combine_chunks())
+    items = IdMap(inter.items.values).index_of(served.column("item_id").combine_chunks())
+    eval_users = np.unique(users[users >= 0])
+    covered = np.isin(returning.test_user, eval_users)
+    split = Split(inter, returning.test_user[covered], returning.test_item[covered], f"served on {prev_date}",
+                  prev_end_us)
+    if eval_users.size == 0:
         return {"date": prev_date, "skipped": "no served user came back"}
-    eval_users = sample_users(split, max_users, seed)
-    lists = served_lists(users, items, previous.column("rank").to_numpy(), eval_users, k)
-    metrics = ranking_metrics(lists, eval_users, split, len(inter.items), k)
-    returning = int(np.unique(test_user).size)
-    return {"date": prev_date, "k": k, **metrics, "returning_users": returning,
-            "returning_users_served": int(np.unique(split.test_user).size)}
+    lists = served_lists(users, items, served.column("rank").to_numpy(), eval_users, k)
+    metrics = ranking_metrics(lists, eval_users, split, n_items, k)
+    return {"date": prev_date, "k": k, **metrics, "returning_users": int(np.unique(returning.test_user).size),
+            "sampled_users": int(sampled.size), "sampled_users_served": int(eval_users.size)}
 
 
 def served_lists(users: np.ndarray, items: np.ndarray, rank: np.ndarray, wanted: np.ndarray, k: int) -> np.ndarray:

@@ -13,6 +13,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from loguru import logger
 
 from recall import evaluate, history, publish
@@ -248,8 +249,12 @@ def backtest(out: publish.JobDir, inter: Interactions, date: dt.date, spec: JobS
         return None
     prev = earlier[-1]
     prev_end_us = Window(dt.date.fromisoformat(prev), 1, spec.job.timezone).bounds_us()[1]
-    served = read_arrow(spec.name, "u2i", prev, out.root.parent, columns=["user_id", "item_id", "rank"])
-    result = evaluate.backtest(served, prev, inter, prev_end_us, spec.evaluate.k, spec.evaluate.max_users,
+
+    def read_served(users: pa.Array) -> pa.Table:
+        return read_arrow(spec.name, "u2i", prev, out.root.parent, columns=["user_id", "item_id", "rank"],
+                          where=pc.field("user_id").isin(users))
+
+    result = evaluate.backtest(read_served, prev, inter, prev_end_us, spec.evaluate.k, spec.evaluate.max_users,
                                spec.model.random_state)
     if "recall" in result:
         logger.info(f"backtest of the u2i served on {prev}: recall@{result['k']} {result['recall']:.4f} over "

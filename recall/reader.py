@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from recall.config import JOB_NAME_RE
@@ -40,7 +41,9 @@ def read_table(job: str, table: str = "u2i", date: str | None = None, output: st
 
 
 def read_arrow(job: str, table: str = "u2i", date: str | None = None, output: str | Path = "data/recall",
-               columns: list[str] | None = None) -> pa.Table:
+               columns: list[str] | None = None, where: pc.Expression | None = None) -> pa.Table:
+    """As read_table, as Arrow; `where` keeps matching rows only (row groups pruned by statistics,
+    e.g. `pc.field("user_id").isin(ids)` on the user-sorted u2i table)."""
     if table not in TABLES:
         raise ValueError(f"unknown table {table!r}; tables: {', '.join(TABLES)}")
     if not JOB_NAME_RE.match(job):
@@ -53,7 +56,7 @@ def read_arrow(job: str, table: str = "u2i", date: str | None = None, output: st
     while chosen and read_manifest(out, chosen) is not None:
         if is_published(out, chosen):
             try:
-                return read_partition(out.partition(table, chosen), columns)
+                return read_partition(out.partition(table, chosen), columns, where)
             except FileNotFoundError:
                 pass  # swapped between listing and opening: read again
         elif time.monotonic() > deadline:
@@ -66,13 +69,13 @@ def read_arrow(job: str, table: str = "u2i", date: str | None = None, output: st
         # it back): serve the newest complete date meanwhile, never a mix
         dates = published_dates(job, output)
         if dates:
-            return read_partition(out.partition(table, dates[-1]), columns)
+            return read_partition(out.partition(table, dates[-1]), columns, where)
     if not chosen:
         raise LookupError(f"nothing published for job {job} under {output}")
     raise LookupError(f"{job} {chosen} is not published under {output}")
 
 
-def read_partition(folder: Path, columns: list[str] | None) -> pa.Table:
+def read_partition(folder: Path, columns: list[str] | None, where: pc.Expression | None = None) -> pa.Table:
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         marker = json.loads(read_at(fd, SUCCESS))
@@ -80,9 +83,9 @@ def read_partition(folder: Path, columns: list[str] | None) -> pa.Table:
         for name in marker["files"]:
             handle = os.open(name, os.O_RDONLY, dir_fd=fd)
             with os.fdopen(handle, "rb") as fh:
-                parts.append(pq.read_table(fh, columns=columns))
+                parts.append(pq.read_table(fh, columns=columns, filters=where))
         table = pa.concat_tables(parts)
-        if table.num_rows != marker["rows"]:
+        if where is None and table.num_rows != marker["rows"]:
             raise RuntimeError(f"{folder}: read {table.num_rows} rows, _SUCCESS says {marker['rows']}")
         return table
     finally:
