@@ -10,14 +10,13 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from recall.index import Searcher, sort_rows
+from recall.index import Searcher, pack, sort_rows
 
 SOURCES = ("als", "popular", "recent_popular", "item_based")
 SOURCE_CODE = {name: i for i, name in enumerate(SOURCES)}
 RRF_OFFSET = 60  # reciprocal-rank fusion constant (Cormack et al. 2009)
 # weights of the weighted blend for sources the spec gives none: ALS leads, the others add
 DEFAULT_WEIGHTS = {"als": 1.0, "item_based": 0.5, "recent_popular": 0.25, "popular": 0.1}
-MAX_POOL_CELLS = 1 << 24  # bound on rows x width when drawing from a ranking
 
 
 @dataclass
@@ -126,63 +125,78 @@ def nearest_unseen(searcher: Searcher, vectors: np.ndarray, batch: Batch, allowe
 
 def from_ranking(ranking: Ranking, batch: Batch, need: np.ndarray,
                  taken: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Per user, the first need[u] items of `ranking` not seen and not already in `taken`."""
+    """Per user, the first need[u] items of `ranking` not seen and not already in `taken`.
+
+    Works on ranking positions: with a row's excluded positions sorted as e_0 < e_1 < ..., its
+    j-th free position is j + #{i : e_i - i <= j}, one searchsorted for all rows at once, so the
+    cost follows the excluded items, not the length of the ranking.
+    """
     width = int(need.max()) if need.size else 0
     items = np.full((batch.size, width), -1, np.int64)
     scores = np.full((batch.size, width), -np.inf, np.float32)
     if width == 0 or ranking.items.size == 0:
         return items, scores
-    seen_counts = np.diff(batch.seen.indptr)
-    taken_counts = np.zeros(batch.size, np.int64) if taken is None else (taken >= 0).sum(axis=1)
-    pool = np.minimum(need + seen_counts + taken_counts, ranking.items.size)
-    rows_all = np.flatnonzero(need > 0)
-    rows_all = rows_all[np.argsort(pool[rows_all], kind="stable")]
-    seen_keys = csr_keys(batch.seen)
-    taken_keys = dense_keys(taken, batch.n_items) if taken is not None else np.zeros(0, np.int64)
-    start = 0
-    while start < rows_all.size:
-        # widest pool in a chunk sets its width; chunks keep rows x width bounded
-        end = start + 1
-        while end < rows_all.size and (end - start + 1) * pool[rows_all[end]] <= MAX_POOL_CELLS:
-            end += 1
-        rows = rows_all[start:end]
-        p = int(pool[rows].max())
-        cand = np.broadcast_to(ranking.items[:p], (rows.size, p))
-        cand_scores = np.broadcast_to(ranking.scores[:p], (rows.size, p))
-        ok = ~in_keys(seen_keys, rows[:, None], cand, batch.n_items)
-        ok &= ~in_keys(taken_keys, rows[:, None], cand, batch.n_items)
-        ok &= np.cumsum(ok, axis=1) <= need[rows][:, None]
-        items[rows], scores[rows] = compact(ok, width, cand, cand_scores, fills=(-1, -np.inf))
-        start = end
+    n = ranking.items.size
+    position = np.full(batch.n_items, -1, np.int64)
+    position[ranking.items] = np.arange(n)
+    row = np.repeat(np.arange(batch.size, dtype=np.int64), np.diff(batch.seen.indptr))
+    pos = position[batch.seen.indices]
+    if taken is not None:
+        at = np.nonzero(taken >= 0)
+        row, pos = np.concatenate([row, at[0]]), np.concatenate([pos, position[taken[at]]])
+    stride = n + 1
+    excluded = np.unique(row[pos >= 0] * stride + pos[pos >= 0])  # sorted by row, then position
+    ex_row = excluded // stride
+    starts = np.searchsorted(ex_row, np.arange(batch.size))
+    gaps = excluded - np.arange(excluded.size) + starts[ex_row]  # row * stride + (e_i - i)
+    j = np.broadcast_to(np.arange(width), (batch.size, width))
+    query = np.arange(batch.size, dtype=np.int64)[:, None] * stride + j
+    free = j + np.searchsorted(gaps, query, side="right") - starts[:, None]
+    ok = (j < need[:, None]) & (free < n)
+    got = np.where(ok, free, 0)
+    items[ok], scores[ok] = ranking.items[got[ok]], ranking.scores[got[ok]]
     return items, scores
 
 
 def item_based(neighbours: np.ndarray, similarity: np.ndarray, recent: np.ndarray, batch: Batch,
                allowed: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Unseen neighbours of each user's recent items, scored by summed similarity."""
-    nb = neighbours[np.maximum(recent, 0)]  # B x R x N
-    sim = np.where((recent >= 0)[:, :, None] & (nb >= 0), similarity[np.maximum(recent, 0)], 0.0)
-    flat_items = nb.reshape(batch.size, -1)
-    flat_sims = sim.reshape(batch.size, -1).astype(np.float64)
-    valid = (flat_items >= 0) & (flat_sims > 0)
-    valid &= allowed[np.maximum(flat_items, 0)]
-    row = np.broadcast_to(np.arange(batch.size)[:, None], flat_items.shape)
-    keys = row[valid].astype(np.int64) * batch.n_items + flat_items[valid]
-    uniq, inv = np.unique(keys, return_inverse=True)
-    total = np.bincount(inv, weights=flat_sims[valid]).astype(np.float32)
-    urow, uitem = uniq // batch.n_items, uniq % batch.n_items
-    unseen = ~in_keys(csr_keys(batch.seen), urow, uitem, batch.n_items)
-    urow, uitem, total = urow[unseen], uitem[unseen], total[unseen]
-    order = np.lexsort((uitem, -total, urow))
-    urow, uitem, total = urow[order], uitem[order], total[order]
-    starts = np.searchsorted(urow, np.arange(batch.size))
-    rank = np.arange(urow.size) - starts[urow]
-    keep = rank < k
-    items = np.full((batch.size, k), -1, np.int64)
-    scores = np.full((batch.size, k), -np.inf, np.float32)
-    items[urow[keep], rank[keep]] = uitem[keep]
-    scores[urow[keep], rank[keep]] = total[keep]
-    return items, scores
+    nb = neighbours[np.maximum(recent, 0)].reshape(batch.size, -1)  # B x (R * N)
+    sim = similarity[np.maximum(recent, 0)].reshape(batch.size, -1).astype(np.float64)
+    from_recent = np.repeat(recent >= 0, neighbours.shape[1], axis=1)
+    valid = from_recent & (nb >= 0) & (sim > 0)
+    valid &= allowed[np.maximum(nb, 0)]
+    valid &= ~in_keys(csr_keys(batch.seen), np.arange(batch.size)[:, None], nb, batch.n_items)
+    items, totals, _ = sum_repeats(np.where(valid, nb, -1), np.where(valid, sim, 0.0))
+    return best_per_row(items, totals.astype(np.float32), k)
+
+
+def sum_repeats(items: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row, one entry per distinct item carrying the row's total of `values` for it (the other
+    entries become pads); the first of a run of equal items is the earliest in the input order.
+    Also returns the stable by-item order used, to carry other columns along."""
+    order = np.argsort(items, axis=1, kind="stable")
+    items = np.take_along_axis(items, order, 1)
+    values = np.take_along_axis(values, order, 1)
+    first = np.ones(items.shape, dtype=bool)
+    first[:, 1:] = items[:, 1:] != items[:, :-1]
+    run = np.cumsum(first.ravel()) - 1
+    totals = np.bincount(run, weights=values.ravel())[run].reshape(items.shape)
+    keep = first & (items >= 0)
+    return np.where(keep, items, -1), np.where(keep, totals, 0.0), order
+
+
+def best_per_row(items: np.ndarray, scores: np.ndarray, k: int,
+                 *others: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Each row's k best by score (ties by item), pads (-1) last; `others` follow the same order."""
+    scores = np.where(items >= 0, scores, -np.inf).astype(np.float32)
+    order = np.argsort(pack(scores, items), axis=1, kind="stable")[:, :k]
+    out = [np.take_along_axis(items, order, 1), np.take_along_axis(scores, order, 1)]
+    out += [np.take_along_axis(o, order, 1) for o in others]
+    if out[0].shape[1] < k:
+        fills = (-1, -np.inf) + tuple(-1 for _ in others)
+        out = [np.pad(a, ((0, 0), (0, k - a.shape[1])), constant_values=f) for a, f in zip(out, fills)]
+    return tuple(out)
 
 
 # --- blending --------------------------------------------------------------------
@@ -216,39 +230,18 @@ def blend(lists: list[tuple[str, np.ndarray, np.ndarray]], k: int, mode: str = "
 
 
 def fuse(lists: list[tuple[str, np.ndarray, np.ndarray]], k: int, weights: dict[str, float]) -> Merged:
-    n_rows = lists[0][1].shape[0]
     items = np.hstack([i for _, i, _ in lists])
     rank = np.hstack([np.broadcast_to(np.arange(i.shape[1]), i.shape) for _, i, _ in lists])
     w = np.hstack([np.full(i.shape, weights.get(name, DEFAULT_WEIGHTS[name])) for name, i, _ in lists])
-    contrib = w / (RRF_OFFSET + 1 + rank)
+    contrib = np.where(items >= 0, w / (RRF_OFFSET + 1 + rank), 0.0)
     code = np.hstack([np.full(i.shape, SOURCE_CODE[name], np.int8) for name, i, _ in lists])
-    valid = items >= 0
-    if not valid.any():
-        return Merged(np.full((n_rows, k), -1, np.int64), np.full((n_rows, k), -np.inf, np.float32),
-                      np.full((n_rows, k), -1, np.int8))
-    width = int(items.max(initial=0)) + 1
-    row = np.broadcast_to(np.arange(n_rows)[:, None], items.shape)[valid].astype(np.int64)
-    keys = row * width + items[valid]
-    uniq, inv = np.unique(keys, return_inverse=True)
-    total = np.bincount(inv, weights=contrib[valid])
-    # the source with the largest contribution to each (row, item)
-    best = np.lexsort((-contrib[valid], inv))
-    first = np.r_[True, inv[best][1:] != inv[best][:-1]]
-    src = np.empty(uniq.size, np.int8)
-    src[inv[best][first]] = code[valid][best][first]
-    urow, uitem = uniq // width, uniq % width
-    order = np.lexsort((uitem, -total, urow))
-    urow, uitem, total, src = urow[order], uitem[order], total[order], src[order]
-    starts = np.searchsorted(urow, np.arange(n_rows))
-    pos = np.arange(urow.size) - starts[urow]
-    keep = pos < k
-    out_items = np.full((n_rows, k), -1, np.int64)
-    out_scores = np.full((n_rows, k), -np.inf, np.float32)
-    out_src = np.full((n_rows, k), -1, np.int8)
-    out_items[urow[keep], pos[keep]] = uitem[keep]
-    out_scores[urow[keep], pos[keep]] = total[keep]
-    out_src[urow[keep], pos[keep]] = src[keep]
-    return Merged(out_items, out_scores, out_src)
+    # largest contribution first, so each item's run starts with the source that counts most
+    lead = np.argsort(-contrib, axis=1, kind="stable")
+    items, contrib, code = (np.take_along_axis(a, lead, 1) for a in (items, contrib, code))
+    items, totals, order = sum_repeats(items, contrib)
+    code = np.where(items >= 0, np.take_along_axis(code, order, 1), -1).astype(np.int8)
+    out_items, out_scores, out_src = best_per_row(items, totals, k, code)
+    return Merged(out_items, out_scores, np.where(out_items >= 0, out_src, -1).astype(np.int8))
 
 
 def top_up(merged: Merged, fallback: Ranking, batch: Batch, allowed_count: int,
