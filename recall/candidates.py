@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from recall.arrays import contains, distinct
 from recall.index import Searcher, pack, sort_rows
 
 SOURCES = ("als", "popular", "recent_popular", "item_based")
@@ -71,9 +72,7 @@ def in_keys(keys: np.ndarray, rows: np.ndarray, items: np.ndarray, n_items: int)
     """Is (rows, items) among the sorted `keys`? `rows` broadcasts against `items`; pads (-1) never are."""
     if keys.size == 0 or items.size == 0:
         return np.zeros(items.shape, dtype=bool)
-    query = np.asarray(rows, dtype=np.int64) * n_items + items
-    pos = np.minimum(np.searchsorted(keys, query), keys.size - 1)
-    return (keys[pos] == query) & (items >= 0)
+    return contains(keys, np.asarray(rows, dtype=np.int64) * n_items + items) & (items >= 0)
 
 
 def first_occurrence(items: np.ndarray) -> np.ndarray:
@@ -145,7 +144,7 @@ def from_ranking(ranking: Ranking, batch: Batch, need: np.ndarray,
         at = np.nonzero(taken >= 0)
         row, pos = np.concatenate([row, at[0]]), np.concatenate([pos, position[taken[at]]])
     stride = n + 1
-    excluded = np.unique(row[pos >= 0] * stride + pos[pos >= 0])  # sorted by row, then position
+    excluded = distinct(row[pos >= 0] * stride + pos[pos >= 0])  # sorted by row, then position
     ex_row = excluded // stride
     starts = np.searchsorted(ex_row, np.arange(batch.size))
     gaps = excluded - np.arange(excluded.size) + starts[ex_row]  # row * stride + (e_i - i)
@@ -211,6 +210,11 @@ def blend(lists: list[tuple[str, np.ndarray, np.ndarray]], k: int, mode: str = "
     weighted: reciprocal-rank fusion, sum of weight_s / (60 + rank_s); a row's source is the
              source contributing most to its fused score.
     """
+    if len(lists) == 1:  # one source's list is already unique, best first, pads last
+        name, items, scores = lists[0]
+        items, scores = items[:, :k], scores[:, :k].astype(np.float32)
+        code = np.where(items >= 0, SOURCE_CODE[name], -1).astype(np.int8)
+        return Merged(*compact(items >= 0, k, items, scores, code, fills=(-1, -np.inf, -1)))
     if mode == "weighted":
         return fuse(lists, k, weights or {})
     items = np.hstack([i for _, i, _ in lists])

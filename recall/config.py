@@ -74,6 +74,7 @@ class U2ISection:
     nlist: int = 0  # IVF lists; 0 picks about 4 * sqrt(items)
     nprobe: int = 0  # IVF lists probed; 0 picks enough for recall ~0.95
     approx_check_users: int = 2000  # users sampled to measure approx recall
+    approx_target_recall: float = 0.95  # with nprobe = 0, probe more cells until the sample gets it
     batch_size: int = 8192
 
 
@@ -362,6 +363,7 @@ def check_spec(spec: JobSpec, source: str) -> None:
         for name, value in table.items():
             need(name in r.u2i.sources, f"[recall.u2i] {key}.{name}", "is not in [recall.u2i] sources")
             need(math.isfinite(value) and value >= 0, f"[recall.u2i] {key}.{name}", "must be a number >= 0")
+    need(0 < r.u2i.approx_target_recall <= 1, "[recall.u2i] approx_target_recall", "must be within 0..1")
     need(r.recent_popular.days >= 1, "[recall.recent_popular] days", "must be at least 1")
     need(r.item_based.recent_items >= 1 and r.item_based.neighbours >= 1, "[recall.item_based]",
          "recent_items and neighbours must be at least 1")

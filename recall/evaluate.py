@@ -10,6 +10,7 @@ import pyarrow as pa
 
 from loguru import logger
 
+from recall.arrays import contains, distinct
 from recall.candidates import Ranking, csr_keys, from_ranking, in_keys
 from recall.config import EvaluateSection, GateSection, JobSpec
 from recall.errors import GateError
@@ -84,7 +85,7 @@ def last_fraction(inter: Interactions, fraction: float, when: np.ndarray | None 
 
 
 def sample_users(split: Split, max_users: int, seed: int) -> np.ndarray:
-    users = np.unique(split.test_user)
+    users = distinct(split.test_user)
     if users.size > max_users:
         users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
     return users
@@ -107,7 +108,7 @@ def ranking_metrics(lists: np.ndarray, users: np.ndarray, split: Split, n_items:
     dcg = (hit * discount[: lists.shape[1]]).sum(axis=1)
     ideal = np.cumsum(discount)[np.minimum(relevant, k) - 1]
     valid = relevant > 0
-    recommended = np.unique(lists[lists >= 0])
+    recommended = distinct(lists[lists >= 0])
     return {
         "recall": round(float(np.mean(hits[valid] / np.minimum(relevant[valid], k))), 6),
         "ndcg": round(float(np.mean(dcg[valid] / ideal[valid])), 6),
@@ -238,9 +239,9 @@ def backtest(read_served: Callable[[pa.Array], pa.Table], prev_date: str, inter:
     if not after.any():
         return {"date": prev_date, "skipped": "no interactions after that date in this window"}
     n_items = len(inter.items)
-    before_keys = np.unique(inter.user_idx[~after].astype(np.int64) * n_items + inter.item_idx[~after])
-    keys = np.unique(inter.user_idx[after].astype(np.int64) * n_items + inter.item_idx[after])
-    fresh = keys[~np.isin(keys, before_keys)]
+    before_keys = distinct(inter.user_idx[~after].astype(np.int64) * n_items + inter.item_idx[~after])
+    keys = distinct(inter.user_idx[after].astype(np.int64) * n_items + inter.item_idx[after])
+    fresh = keys[~contains(before_keys, keys)]
     if fresh.size == 0:
         return {"date": prev_date, "skipped": "returning users touched no new item"}
     returning = Split(inter, fresh // n_items, fresh % n_items, "", prev_end_us)
@@ -248,21 +249,21 @@ def backtest(read_served: Callable[[pa.Array], pa.Table], prev_date: str, inter:
     served = read_served(inter.users.values.take(pa.array(sampled)))
     users = IdMap(inter.users.values).index_of(served.column("user_id").combine_chunks())
     items = IdMap(inter.items.values).index_of(served.column("item_id").combine_chunks())
-    eval_users = np.unique(users[users >= 0])
-    covered = np.isin(returning.test_user, eval_users)
+    eval_users = distinct(users[users >= 0])
+    covered = contains(eval_users, returning.test_user)
     split = Split(inter, returning.test_user[covered], returning.test_item[covered], f"served on {prev_date}",
                   prev_end_us)
     if eval_users.size == 0:
         return {"date": prev_date, "skipped": "no served user came back"}
     lists = served_lists(users, items, served.column("rank").to_numpy(), eval_users, k)
     metrics = ranking_metrics(lists, eval_users, split, n_items, k)
-    return {"date": prev_date, "k": k, **metrics, "returning_users": int(np.unique(returning.test_user).size),
+    return {"date": prev_date, "k": k, **metrics, "returning_users": int(distinct(returning.test_user).size),
             "sampled_users": int(sampled.size), "sampled_users_served": int(eval_users.size)}
 
 
 def served_lists(users: np.ndarray, items: np.ndarray, rank: np.ndarray, wanted: np.ndarray, k: int) -> np.ndarray:
     """B x k item matrix (by rank) of the served rows of `wanted` users; -1 pads."""
-    keep = np.isin(users, wanted) & (rank <= k)
+    keep = contains(wanted, users) & (rank <= k)
     u, i, r = users[keep], items[keep], rank[keep] - 1
     out = np.full((wanted.size, k), -1, np.int64)
     out[np.searchsorted(wanted, u), r] = i

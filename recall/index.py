@@ -58,7 +58,10 @@ class Searcher:
         q = np.ascontiguousarray(queries, dtype=np.float32)
         excluded = _excluded_positions(exclude, self.item_idx, len(q))
         if self.approx:
-            _, probes = self.quantizer.search(np.hstack([q, np.zeros((len(q), 1), np.float32)]),
+            # probe by direction: the cells were built on unit-bounded vectors, and a unit query
+            # ranks them by inner product (a raw query's norm would let |centroid| decide)
+            unit = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), np.float32(1e-12))
+            _, probes = self.quantizer.search(np.hstack([unit, np.zeros((len(q), 1), np.float32)]),
                                               min(self.nprobe, self.nlist))
 
             def tile(start: int, stop: int) -> np.ndarray:
@@ -303,8 +306,9 @@ def approx_index(vectors: np.ndarray, item_idx: np.ndarray, nlist: int, nprobe: 
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, dim = vectors.shape
     norms = np.einsum("ij,ij->i", vectors, vectors)
-    extra = np.sqrt(np.maximum(norms.max() - norms, 0)).astype(np.float32)
-    augmented = np.ascontiguousarray(np.hstack([vectors, extra[:, None]]))
+    scaled = vectors / np.float32(max(np.sqrt(norms.max()), 1e-12))  # every norm <= 1
+    extra = np.sqrt(np.maximum(1.0 - norms / max(norms.max(), 1e-24), 0)).astype(np.float32)
+    augmented = np.ascontiguousarray(np.hstack([scaled, extra[:, None]]))
     default_nlist, default_nprobe = ivf_defaults(n, k)
     nlist = min(nlist or default_nlist, n)
     clustering = faiss.Clustering(dim + 1, nlist)

@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
+from recall.arrays import distinct
 from recall.config import ModelSection
 from recall.validate import CleanLog
 
@@ -69,10 +70,11 @@ def encode(log: CleanLog) -> Interactions:
 
 def reencode(inter: Interactions) -> Interactions:
     """Fresh id maps holding only the users and items present in `inter` (e.g. a training split)."""
-    users = IdMap(inter.users.values.take(pa.array(np.unique(inter.user_idx))))
-    items = IdMap(inter.items.values.take(pa.array(np.unique(inter.item_idx))))
-    u = np.searchsorted(np.unique(inter.user_idx), inter.user_idx).astype(np.int32)
-    i = np.searchsorted(np.unique(inter.item_idx), inter.item_idx).astype(np.int32)
+    kept_users, kept_items = distinct(inter.user_idx), distinct(inter.item_idx)
+    users = IdMap(inter.users.values.take(pa.array(kept_users)))
+    items = IdMap(inter.items.values.take(pa.array(kept_items)))
+    u = np.searchsorted(kept_users, inter.user_idx).astype(np.int32)
+    i = np.searchsorted(kept_items, inter.item_idx).astype(np.int32)
     return Interactions(users, items, u, i, inter.ts, inter.weight)
 
 

@@ -18,6 +18,7 @@ import errno
 import json
 import os
 import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,19 +76,40 @@ class TableWriter:
     _file_rows: int = 0
     _pending: list[pa.Table] = field(default_factory=list)
     _pending_rows: int = 0
+    # one writer thread: encoding and compressing a row group (Arrow releases the GIL) overlaps
+    # with computing the next batch; at most one group is in flight, so memory stays bounded
+    _pool: ThreadPoolExecutor | None = None
+    _inflight: Future | None = None
 
     def write(self, table: pa.Table) -> None:
         table = table.cast(self.schema) if table.schema != self.schema else table
         self._pending.append(table)
         self._pending_rows += table.num_rows
         if self._pending_rows >= self.row_group_rows:
-            self._flush()
+            self._wait()
+            data = pa.concat_tables(self._pending)
+            self._pending, self._pending_rows = [], 0
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet")
+            self._inflight = self._pool.submit(self._write_rows, data)
+
+    def _wait(self) -> None:
+        """Finish the row group in flight; its error (e.g. disk full) is raised here."""
+        if self._inflight is not None:
+            inflight, self._inflight = self._inflight, None
+            inflight.result()
 
     def _flush(self) -> None:
-        if not self._pending:
-            return
-        data = pa.concat_tables(self._pending)
-        self._pending, self._pending_rows = [], 0
+        self._wait()
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+        if self._pending:
+            data = pa.concat_tables(self._pending)
+            self._pending, self._pending_rows = [], 0
+            self._write_rows(data)
+
+    def _write_rows(self, data: pa.Table) -> None:
         offset = 0
         while offset < data.num_rows:
             if self._writer is None or self._file_rows >= self.max_rows_per_file:

@@ -139,7 +139,11 @@ def build_searcher(item_vectors: np.ndarray, allowed_idx: np.ndarray, spec: JobS
 
 
 def approx_recall(rec: Recaller, spec: JobSpec) -> dict:
-    """Recall@k of the approximate u2i search against exact search, on a seeded sample of users."""
+    """Recall@k of the approximate u2i search against exact search, on a seeded sample of users.
+
+    With `nprobe = 0` (automatic) the probed cells are doubled until the sample reaches
+    `approx_target_recall` (or every cell is probed), so the recall holds whatever the factors.
+    """
     u2i = spec.recall.u2i
     rng = np.random.default_rng(spec.model.random_state)
     users = np.sort(rng.choice(rec.n_users, min(u2i.approx_check_users, rec.n_users), replace=False))
@@ -147,12 +151,35 @@ def approx_recall(rec: Recaller, spec: JobSpec) -> dict:
     batch = rec.batch(users)
     vectors = rec.factors.users[users]
     want, _ = cand.nearest_unseen(exact, vectors, batch, rec.allowed, u2i.k)
-    got, _ = cand.nearest_unseen(rec.searcher, vectors, batch, rec.allowed, u2i.k)
     keys = cand.dense_keys(want, rec.n_items)
-    hits = int(cand.in_keys(keys, np.arange(users.size)[:, None], got, rec.n_items).sum())
-    recall = hits / max(keys.size, 1)
+    tried: dict[int, float] = {}
+
+    def check(nprobe: int) -> float:
+        rec.searcher.nprobe = nprobe
+        got, _ = cand.nearest_unseen(rec.searcher, vectors, batch, rec.allowed, u2i.k)
+        hits = int(cand.in_keys(keys, np.arange(users.size)[:, None], got, rec.n_items).sum())
+        tried[nprobe] = round(hits / max(keys.size, 1), 4)
+        return tried[nprobe]
+
+    start, nlist = rec.searcher.nprobe, rec.searcher.nlist
+    recall = check(start)
+    if not u2i.nprobe and recall < u2i.approx_target_recall:
+        # double until the target is met, then bisect down to the fewest cells that meet it
+        low, high = start, start
+        while recall < u2i.approx_target_recall and high < nlist:
+            low, high = high, min(nlist, 2 * high)
+            recall = check(high)
+        while high - low > 1 and recall >= u2i.approx_target_recall:
+            mid = (low + high) // 2
+            if check(mid) >= u2i.approx_target_recall:
+                high = mid
+            else:
+                low = mid
+        rec.searcher.nprobe = high
+        recall = tried[high]
+    tried_list = [{"nprobe": n, "recall_at_k": r} for n, r in tried.items()]
     info = {"recall_at_k": round(recall, 4), "k": u2i.k, "users_checked": int(users.size),
-            "nlist": rec.searcher.nlist, "nprobe": rec.searcher.nprobe}
+            "nlist": rec.searcher.nlist, "nprobe": rec.searcher.nprobe, "tried": tried_list}
     logger.info(f"approximate u2i search (IVF nlist {info['nlist']}, nprobe {info['nprobe']}): "
                 f"recall@{u2i.k} {recall:.4f} against exact search on {users.size} users")
     return info
