@@ -161,22 +161,25 @@ def approx_recall(rec: Recaller, spec: JobSpec) -> dict:
         tried[nprobe] = round(hits / max(keys.size, 1), 4)
         return tried[nprobe]
 
-    start, nlist = rec.searcher.nprobe, rec.searcher.nlist
-    recall = check(start)
-    if not u2i.nprobe and recall < u2i.approx_target_recall:
-        # double until the target is met, then bisect down to the fewest cells that meet it
-        low, high = start, start
-        while recall < u2i.approx_target_recall and high < nlist:
-            low, high = high, min(nlist, 2 * high)
-            recall = check(high)
-        while high - low > 1 and recall >= u2i.approx_target_recall:
-            mid = (low + high) // 2
-            if check(mid) >= u2i.approx_target_recall:
-                high = mid
+    nprobe, nlist = rec.searcher.nprobe, rec.searcher.nlist
+    if u2i.nprobe:
+        recall = check(nprobe)
+    else:
+        # the fewest cells that reach the target: double from the default until it is met,
+        # then bisect between the last miss and the first hit
+        miss, hit = 0, None
+        while True:
+            if check(nprobe) >= u2i.approx_target_recall:
+                hit = nprobe
             else:
-                low = mid
-        rec.searcher.nprobe = high
-        recall = tried[high]
+                miss = nprobe
+            if hit is None and nprobe >= nlist:
+                break
+            if hit is not None and hit - miss <= 1:
+                break
+            nprobe = min(nlist, 2 * nprobe) if hit is None else (miss + hit) // 2
+        rec.searcher.nprobe = hit or nlist
+        recall = tried[rec.searcher.nprobe]
     tried_list = [{"nprobe": n, "recall_at_k": r} for n, r in tried.items()]
     info = {"recall_at_k": round(recall, 4), "k": u2i.k, "users_checked": int(users.size),
             "nlist": rec.searcher.nlist, "nprobe": rec.searcher.nprobe, "tried": tried_list}
