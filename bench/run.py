@@ -22,13 +22,12 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from bench import gen, peers
-from bench.measure import Recorder, machine_busy
+from bench.measure import Recorder, cpu_model, machine_busy
 from recall import candidates, pipeline, publish, recaller
 from recall.config import load_spec
 from recall.io import Window, read_window
 from recall.matrix import encode
-from recall.train import Factors
-from recall.train import job_threads
+from recall.train import Factors, job_threads
 from recall.validate import validate
 
 RUN_DATE = dt.date(2026, 11, 20)
@@ -134,7 +133,7 @@ def run(opts: Options) -> Result:
             clean, bad = validate(raw, spec.input)
         with step("matrix"):
             inter = encode(clean)
-            blocked = recaller.blocked_items(inter.items.values, [], spec.source)
+            blocked = recaller.blocked_items(inter.items, [], spec.source)
         del raw, clean
         with step("train", "ALS, index build, i2i neighbours"):
             rec = recaller.fit(inter, spec, end_us, blocked)
@@ -172,7 +171,7 @@ def run(opts: Options) -> Result:
     wall = time.perf_counter() - wall0
     busy_share = (busy1 - busy0) / (total1 - total0) if total1 > total0 else 0.0
     own = sum(s.cpu_s for s in rec_steps.steps)
-    res.machine = {"cores_used": threads, "cpus": os.cpu_count(), "wall_s": round(wall, 1), "own_cpu_s": round(own, 1),
+    res.machine = {"cpu": cpu_model(), "cores_used": threads, "cpus": os.cpu_count(), "wall_s": round(wall, 1), "own_cpu_s": round(own, 1),
                    # other processes' CPU use during the run, in cores (the machine may be shared)
                    "other_load_cores": round(max(0.0, busy_share * (os.cpu_count() or 1) - own / wall), 2),
                    "loadavg_end": os.getloadavg(), "exact_step_peaks": rec_steps.exact_peaks}

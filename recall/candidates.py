@@ -5,15 +5,17 @@ the merge, source codes (int8). Every function works on one batch of users at a 
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 
 from recall.arrays import contains, distinct
-from recall.index import Searcher, pack, sort_rows
+from recall.config import U2I_SOURCES
+from recall.index import Searcher, pack
 
-SOURCES = ("als", "popular", "recent_popular", "item_based")
+SOURCES = U2I_SOURCES
 SOURCE_CODE = {name: i for i, name in enumerate(SOURCES)}
 RRF_OFFSET = 60  # reciprocal-rank fusion constant (Cormack et al. 2009)
 # weights of the weighted blend for sources the spec gives none: ALS leads, the others add
@@ -39,6 +41,11 @@ class Batch:
     @property
     def size(self) -> int:
         return len(self.users)
+
+    @functools.cached_property
+    def seen_keys(self) -> np.ndarray:
+        """Sorted keys (batch row * n_items + item) of what each user saw."""
+        return csr_keys(self.seen)
 
 
 @dataclass
@@ -165,7 +172,7 @@ def item_based(neighbours: np.ndarray, similarity: np.ndarray, recent: np.ndarra
     from_recent = np.repeat(recent >= 0, neighbours.shape[1], axis=1)
     valid = from_recent & (nb >= 0) & (sim > 0)
     valid &= allowed[np.maximum(nb, 0)]
-    valid &= ~in_keys(csr_keys(batch.seen), np.arange(batch.size)[:, None], nb, batch.n_items)
+    valid &= ~in_keys(batch.seen_keys, np.arange(batch.size)[:, None], nb, batch.n_items)
     items, totals, _ = sum_repeats(np.where(valid, nb, -1), np.where(valid, sim, 0.0))
     return best_per_row(items, totals.astype(np.float32), k)
 
@@ -189,7 +196,7 @@ def best_per_row(items: np.ndarray, scores: np.ndarray, k: int,
                  *others: np.ndarray) -> tuple[np.ndarray, ...]:
     """Each row's k best by score (ties by item), pads (-1) last; `others` follow the same order."""
     scores = np.where(items >= 0, scores, -np.inf).astype(np.float32)
-    order = np.argsort(pack(scores, items), axis=1, kind="stable")[:, :k]
+    order = np.argsort(pack(scores + np.float32(0), items), axis=1, kind="stable")[:, :k]  # -0.0 ties 0.0
     out = [np.take_along_axis(items, order, 1), np.take_along_axis(scores, order, 1)]
     out += [np.take_along_axis(o, order, 1) for o in others]
     if out[0].shape[1] < k:
@@ -271,6 +278,3 @@ def ranked_neighbours(searcher: Searcher, vectors: np.ndarray, query_items: np.n
     items, scores = compact(valid, k, got, scores, fills=(-1, -np.inf))
     return items, scores
 
-
-__all__ = ["Ranking", "Batch", "Merged", "nearest_unseen", "from_ranking", "item_based", "blend",
-           "top_up", "ranked_neighbours", "sort_rows", "SOURCES", "SOURCE_CODE"]

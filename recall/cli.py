@@ -122,7 +122,7 @@ def prepared_window(spec, root: Path, date: dt.date):
     raw = read_window(spec.input, window, root)
     clean, bad = validate(raw, spec.input)
     inter = encode(clean)
-    blocked = blocked_items(inter.items.values, load_blocklist(spec, root), spec.source)
+    blocked = blocked_items(inter.items, load_blocklist(spec, root), spec.source)
     return window, raw, bad, inter, blocked
 
 
@@ -167,7 +167,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     spec, root = load(args)
     end = parse_date(args.end) if args.end else yesterday(spec.job.timezone)
-    target = Path(spec.input.path) if Path(spec.input.path).is_absolute() else root / spec.input.path
+    target = root / spec.input.path
     synth = SynthSpec(users=args.users, items=args.items, rows_per_day=args.rows_per_day, days=args.days,
                       seed=args.seed)
     files = generate(target, end, synth)

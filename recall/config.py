@@ -71,7 +71,7 @@ class U2ISection:
     weights: dict[str, float] = field(default_factory=dict)
     search: Literal["exact", "approx", "auto"] = "auto"
     approx_min_items: int = 200_000  # `auto` goes approximate at this catalogue size
-    nlist: int = 0  # IVF lists; 0 picks about 4 * sqrt(items)
+    nlist: int = 0  # IVF lists; 0 picks about 2 * sqrt(items)
     nprobe: int = 0  # IVF lists probed; 0 picks enough for recall ~0.95
     approx_check_users: int = 2000  # users sampled to measure approx recall
     approx_target_recall: float = 0.95  # with nprobe = 0, probe more cells until the sample gets it
@@ -186,7 +186,7 @@ class JobSpec:
         return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
 
-U2I_SOURCES = ("als", "item_based", "recent_popular", "popular")
+U2I_SOURCES = ("als", "popular", "recent_popular", "item_based")  # the order gives the codes in memory
 
 
 # --- loading -----------------------------------------------------------------

@@ -54,5 +54,4 @@ class LockBusy(RecallError):
     hint = "wait for it to finish, or check that process"
 
 
-EXIT_OK = 0
 EXIT_BUG = 1

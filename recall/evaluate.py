@@ -14,7 +14,7 @@ from recall.arrays import contains, distinct
 from recall.candidates import Ranking, csr_keys, from_ranking, in_keys
 from recall.config import EvaluateSection, GateSection, JobSpec
 from recall.errors import GateError
-from recall.matrix import US_PER_DAY, IdMap, Interactions, reencode, seen_matrix, to_csr
+from recall.matrix import US_PER_DAY, Interactions, reencode, seen_matrix, to_csr
 from recall.recaller import Recaller, fit
 
 
@@ -52,10 +52,8 @@ def holdout_split(inter: Interactions, spec: EvaluateSection, end_us: int, seed:
         return None
     # relevant pairs: distinct (user, item) in the holdout, for users known in training,
     # for items the user did not already interact with in training
-    user_map = IdMap(train.users.values)
-    item_map = IdMap(train.items.values)
-    tu = user_map.index_of(inter.users.values.take(inter.user_idx[test]))
-    ti = item_map.index_of(inter.items.values.take(inter.item_idx[test]))
+    tu = train.users.index_of(inter.users.values.take(inter.user_idx[test]))
+    ti = train.items.index_of(inter.items.values.take(inter.item_idx[test]))
     known_user = tu >= 0
     pairs = pd.DataFrame({"u": tu[known_user], "i": ti[known_user],
                           "raw": inter.item_idx[test][known_user]}).drop_duplicates(["u", "raw"])
@@ -139,11 +137,11 @@ class Holdout:
         for start in range(0, self.users.size, size):
             yield slice(start, start + size), self.rec.batch(self.users[start:start + size])
 
-    def source_lists(self, size: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Every configured source's top-k for every evaluated user: name -> (items, scores)."""
+    def source_lists(self, size: int, sources: list[str] | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Each source's top-k (the spec's, or `sources`) for every evaluated user: name -> (items, scores)."""
         parts: dict[str, list] = {}
         for _, batch in self.batches(size):
-            for name, items, scores in self.rec.source_lists(batch, self.k):
+            for name, items, scores in self.rec.source_lists(batch, self.k, sources):
                 parts.setdefault(name, []).append((items, scores))
         return {name: (np.vstack([i for i, _ in p]), np.vstack([s for _, s in p])) for name, p in parts.items()}
 
@@ -194,7 +192,7 @@ def holdout_metrics(inter: Interactions, spec: JobSpec, end_us: int, blocked: np
 
 def blocked_of(inter: Interactions, train: Interactions, blocked: np.ndarray) -> np.ndarray:
     """The blocklist mask carried over to a re-encoded subset's item map."""
-    return blocked[IdMap(inter.items.values).index_of(train.items.values)]
+    return blocked[inter.items.index_of(train.items.values)]
 
 
 def gate_checks(spec: GateSection, metrics: dict | None, previous: dict | None, rows: int) -> list[dict]:
@@ -247,8 +245,8 @@ def backtest(read_served: Callable[[pa.Array], pa.Table], prev_date: str, inter:
     returning = Split(inter, fresh // n_items, fresh % n_items, "", prev_end_us)
     sampled = sample_users(returning, max_users, seed)
     served = read_served(inter.users.values.take(pa.array(sampled)))
-    users = IdMap(inter.users.values).index_of(served.column("user_id").combine_chunks())
-    items = IdMap(inter.items.values).index_of(served.column("item_id").combine_chunks())
+    users = inter.users.index_of(served.column("user_id").combine_chunks())
+    items = inter.items.index_of(served.column("item_id").combine_chunks())
     eval_users = distinct(users[users >= 0])
     covered = contains(eval_users, returning.test_user)
     split = Split(inter, returning.test_user[covered], returning.test_item[covered], f"served on {prev_date}",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from loguru import logger
 
-from recall.publish import JobDir
+from recall.publish import JobDir, write_atomic
 
 HISTORY = "_history.jsonl"
 MAX_RUNS = 2000
@@ -37,9 +37,7 @@ def append(out: JobDir, record: dict) -> None:
 def trim(path: Path) -> None:
     lines = path.read_text(encoding="utf-8").splitlines()
     if len(lines) > MAX_RUNS:
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text("\n".join(lines[-MAX_RUNS:]) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        write_atomic(path, "\n".join(lines[-MAX_RUNS:]) + "\n")
 
 
 def runs(out: JobDir) -> list[dict]:

@@ -269,16 +269,6 @@ def unpack(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.where(pad, -1, low), np.where(pad, np.float32(-np.inf), scores)
 
 
-def sort_rows(scores: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each row by score descending, ties by item index ascending, so output is deterministic."""
-    if scores.shape[1] == 0:
-        return scores, items
-    keys = pack(scores + np.float32(0), items)  # + 0 folds -0.0 into 0.0, so they tie
-    keys.sort(axis=1)
-    items, scores = unpack(keys)
-    return scores, items
-
-
 # --- building ------------------------------------------------------------------------------
 
 

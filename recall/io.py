@@ -70,7 +70,6 @@ class RawLog:
     event: pa.Array | None
     file_idx: np.ndarray  # int32 index into `files`
     files: list[FileRead]
-    partitioned: bool
     missing_days: list[str] = field(default_factory=list)
 
     @property
@@ -94,7 +93,7 @@ class Columns:
 
 def read_window(spec: InputSection, window: Window, root: Path) -> RawLog:
     """Read the rows of `window` from the input named by `spec` (paths relative to `root`)."""
-    path = Path(spec.path) if Path(spec.path).is_absolute() else root / spec.path
+    path = root / spec.path  # an absolute spec.path replaces root
     if not path.exists():
         raise InputError(f"input path does not exist: {path}")
     files, partitioned, missing = list_files(path, spec, window)
@@ -132,7 +131,6 @@ def read_window(spec: InputSection, window: Window, root: Path) -> RawLog:
         event=concat([p["event"] for p in pieces]) if cols.event else None,
         file_idx=np.concatenate([p["file_idx"] for p in pieces]),
         files=reads,
-        partitioned=partitioned,
         missing_days=[d for d in missing if d != window.run_date.isoformat() or not spec.require_run_date],
     )
     if log.rows == 0:

@@ -36,7 +36,7 @@ def setup_console(verbose: bool = False) -> None:
 
 def add_job_file(spec: LogSection, job: str, root: Path) -> int:
     """The job's log file; call only while holding the job's lock, so a loser never rotates it."""
-    folder = Path(spec.dir) if Path(spec.dir).is_absolute() else root / spec.dir
+    folder = root / spec.dir  # an absolute dir replaces root
     path = folder / f"{job}.log"
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,6 @@ from recall.train import job_threads
 from recall.validate import validate
 from recall.versions import code_version, library_versions
 
-TABLES = ("u2i", "i2i", "popular")
 
 
 @dataclass
@@ -67,12 +66,8 @@ class Timer:
         logger.info(f"step {name} done in {self.timings[name]:.2f}s")
 
 
-def resolve(root: Path, path: str) -> Path:
-    return Path(path) if Path(path).is_absolute() else root / path
-
-
 def job_dir(spec: JobSpec, root: Path) -> publish.JobDir:
-    return publish.JobDir(resolve(root, spec.output.path) / spec.name)
+    return publish.JobDir(root / spec.output.path / spec.name)  # an absolute path replaces root
 
 
 def run_job(spec: JobSpec, opts: RunOptions) -> RunResult:
@@ -145,7 +140,7 @@ def run_locked(spec: JobSpec, opts: RunOptions, out: publish.JobDir, run_id: str
                     + "; ".join(f"{c['check']} in {c['column']}: {c['rows']}" for c in bad.by_check[:5]))
     with timer.step("matrix"):
         inter = encode(clean)
-        blocked = blocked_items(inter.items.values, load_blocklist(spec, opts.root), spec.source)
+        blocked = blocked_items(inter.items, load_blocklist(spec, opts.root), spec.source)
     check_catalogue(inter, blocked, raw)
     logger.info(f"{len(inter.users)} users x {len(inter.items)} items, {clean.rows} interactions, "
                 f"{int(blocked.sum())} blocklisted")
@@ -156,8 +151,10 @@ def run_locked(spec: JobSpec, opts: RunOptions, out: publish.JobDir, run_id: str
     if spec.evaluate.holdout_days > 0:
         with timer.step("evaluate"):
             metrics = evaluate.holdout_metrics(inter, spec, end_us, blocked)
+    earlier = [d for d in publish.published_dates(out) if d < date]
+    prev_date = earlier[-1] if earlier else None  # the backtest's subject and the gate's reference
     with timer.step("backtest"):
-        served = backtest(out, inter, opts.date, spec)
+        served = backtest(out, inter, prev_date, spec) if prev_date else None
     with timer.step("train"):
         rec = fit(inter, spec, end_us, blocked, show_progress=opts.progress)
 
@@ -176,7 +173,7 @@ def run_locked(spec: JobSpec, opts: RunOptions, out: publish.JobDir, run_id: str
     rows = {name: m["rows"] for name, m in markers.items()}
     logger.info("staged " + ", ".join(f"{name} {n} rows" for name, n in rows.items()))
 
-    previous = previous_metrics(out, date)
+    previous = (publish.read_manifest(out, prev_date) or {}).get("metrics") if prev_date else None
     checks = evaluate.gate_checks(spec.gate, metrics, previous, rows["u2i"])
     evaluate.enforce_gate(checks, opts.skip_gate)
 
@@ -206,7 +203,7 @@ def run_locked(spec: JobSpec, opts: RunOptions, out: publish.JobDir, run_id: str
         pause_point("before-latest")
         newest = publish.set_latest(out, date)  # only now, after every table and the manifest
         publish.end_publish(out, run_id)
-        removed = publish.retire(out, spec.output.keep_days, list(TABLES), run_id)
+        removed = publish.retire(out, spec.output.keep_days, list(publish.TABLES), run_id)
     except BaseException as exc:
         try:
             settle(out, console=False)  # put back the partitions this run replaced
@@ -233,7 +230,7 @@ def check_catalogue(inter: Interactions, blocked: np.ndarray, raw) -> None:
 def load_blocklist(spec: JobSpec, root: Path) -> list:
     ids = list(spec.filter.blocklist)
     if spec.filter.blocklist_path:
-        path = resolve(root, spec.filter.blocklist_path)
+        path = root / spec.filter.blocklist_path
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
         except OSError as exc:
@@ -242,12 +239,8 @@ def load_blocklist(spec: JobSpec, root: Path) -> list:
     return ids
 
 
-def backtest(out: publish.JobDir, inter: Interactions, date: dt.date, spec: JobSpec) -> dict | None:
-    """Score the newest earlier published u2i table against what happened since its date."""
-    earlier = [d for d in publish.published_dates(out) if d < date.isoformat()]
-    if not earlier:
-        return None
-    prev = earlier[-1]
+def backtest(out: publish.JobDir, inter: Interactions, prev: str, spec: JobSpec) -> dict:
+    """Score the u2i table published for `prev` against what happened since its date."""
     prev_end_us = Window(dt.date.fromisoformat(prev), 1, spec.job.timezone).bounds_us()[1]
 
     def read_served(users: pa.Array) -> pa.Table:
@@ -262,14 +255,6 @@ def backtest(out: publish.JobDir, inter: Interactions, date: dt.date, spec: JobS
     else:
         logger.info(f"backtest of {prev} skipped: {result['skipped']}")
     return result
-
-
-def previous_metrics(out: publish.JobDir, date: str) -> dict | None:
-    """Metrics of the newest published date before `date` (the gate's reference)."""
-    earlier = [d for d in publish.published_dates(out) if d < date]
-    if not earlier:
-        return None
-    return (publish.read_manifest(out, earlier[-1]) or {}).get("metrics")
 
 
 # --- tables --------------------------------------------------------------------------

@@ -32,6 +32,7 @@ SUCCESS = "_SUCCESS"
 MANIFESTS = "_manifest"
 LATEST = "_LATEST"
 STAGING = "_staging"
+TABLES = ("u2i", "i2i", "popular")  # every table a run may publish
 JOURNAL = "_PUBLISHING"
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100

@@ -18,9 +18,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from recall.config import JOB_NAME_RE
-from recall.publish import SUCCESS, JobDir, is_published, latest, read_manifest
+from recall.publish import SUCCESS, TABLES, JobDir, is_published, latest, read_manifest
 
-TABLES = ("u2i", "i2i", "popular")
 SETTLE_S = 2.0  # how long a date whose tables and manifest disagree is waited for
 
 

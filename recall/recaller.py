@@ -5,6 +5,7 @@ The same object serves the holdout evaluation (trained on the split) and the pub
 """
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass, field
 
@@ -17,7 +18,7 @@ from loguru import logger
 from recall import candidates as cand
 from recall.config import JobSpec
 from recall.index import Searcher, approx_index, exact_index, normalised
-from recall.matrix import US_PER_DAY, Interactions, confidence, decayed, seen_matrix, to_csr
+from recall.matrix import US_PER_DAY, IdMap, Interactions, confidence, decayed, seen_matrix, to_csr
 from recall.train import Factors, train_als
 
 I2I_BATCH = 8192
@@ -48,17 +49,18 @@ class Recaller:
     def n_items(self) -> int:
         return self.seen.shape[1]
 
-    @property
+    @functools.cached_property
     def allowed_count(self) -> int:
         return int(self.allowed.sum())
 
     def batch(self, users: np.ndarray) -> cand.Batch:
         return cand.Batch(users.astype(np.int64), self.seen[users], self.n_items)
 
-    def source_lists(self, batch: cand.Batch, k: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
-        """Each configured source's own top-k (unseen, allowed) for the batch."""
+    def source_lists(self, batch: cand.Batch, k: int,
+                     sources: list[str] | None = None) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """Each source's own top-k (unseen, allowed) for the batch: the spec's sources, or `sources`."""
         out = []
-        for name in self.spec.recall.u2i.sources:
+        for name in sources or self.spec.recall.u2i.sources:
             if name == "als":
                 items, scores = cand.nearest_unseen(self.searcher, self.factors.users[batch.users], batch,
                                                     self.allowed, k)
@@ -114,7 +116,7 @@ def fit(inter: Interactions, spec: JobSpec, window_end_us: int, blocked: np.ndar
             rec.related = cooccurrence_neighbours(counts, item_based.similarity, item_based.neighbours, allowed)
     if "als" in sources or als_related or wants_i2i:
         weights = decayed(inter.weight, inter.ts, window_end_us, spec.model.half_life_days)
-        r = confidence(to_csr(inter, weights), spec.model)
+        r = confidence(counts if weights is inter.weight else to_csr(inter, weights), spec.model)
         rec.factors = train_als(r, spec.model, show_progress=show_progress)
         allowed_idx = np.flatnonzero(allowed)
         if "als" in sources:
@@ -265,20 +267,18 @@ def recent_items(inter: Interactions, r: int) -> np.ndarray:
     return out
 
 
-def blocked_items(items: "pa.Array", ids: list, where: str) -> np.ndarray:
+def blocked_items(items: IdMap, ids: list, where: str) -> np.ndarray:
     """Mask over the item map of blocklisted ids (ids of the other type are converted when exact)."""
-    from recall.matrix import IdMap
-
     mask = np.zeros(len(items), dtype=bool)
     if not ids:
         return mask
-    if pa.types.is_integer(items.type):
+    if pa.types.is_integer(items.values.type):
         conv = [int(x) for x in ids if isinstance(x, int) or (isinstance(x, str) and x.lstrip("-").isdigit())]
         arr = pa.array(conv, pa.int64())
     else:
         arr = pa.array([str(x) for x in ids], pa.string())
     if len(arr) < len(ids):
-        logger.warning(f"{where}: {len(ids) - len(arr)} blocklist ids are not {items.type} ids and were ignored")
-    pos = IdMap(items).index_of(arr)
+        logger.warning(f"{where}: {len(ids) - len(arr)} blocklist ids are not {items.values.type} ids and were ignored")
+    pos = items.index_of(arr)
     mask[pos[pos >= 0]] = True
     return mask

@@ -26,6 +26,7 @@ from pathlib import Path
 from crontab import CRON_COMMAND, CronItem, CronSlices, CronTab
 
 from recall.errors import OutputError, SpecError
+from recall.publish import write_atomic
 
 ENV_FILE = "environment"
 RENDERED = "recall.cron"
@@ -244,8 +245,7 @@ def write_rendered(root: Path, wanted: list[Entry]) -> Path:
     text = f"# recall entries for {root}, installed by `recall cron install`; do not edit\n"
     text += "".join(e.line + "\n" for e in wanted)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        write_atomic(path, text)
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror}", hint="the crontab was left as it was") from None
     return path

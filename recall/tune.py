@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from recall.config import JobSpec
+from recall.config import U2I_SOURCES, JobSpec
 from recall.evaluate import Holdout, prepare_holdout
 from recall.matrix import Interactions, to_csr
 from recall.recaller import cooccurrence_neighbours, cosine_neighbours, popularity, recent_items
@@ -32,7 +32,7 @@ RECENT_HALF_LIFE = [1.0, 3.0, 7.0]
 RECENT_ITEMS = [1, 3, 5, 10, 20]
 SIMILARITIES = ["bm25", "cosine", "als"]
 BLEND_WEIGHTS = [0.0, 0.1, 0.25, 0.5, 1.0, 2.0]
-ALL_SOURCES = ["als", "item_based", "recent_popular", "popular"]
+ALL_SOURCES = list(U2I_SOURCES)
 
 
 @dataclass
@@ -124,11 +124,9 @@ def tune(inter: Interactions, spec: JobSpec, end_us: int, blocked: np.ndarray, b
 def tune_sources(held: Holdout, lists: dict, result: TuneResult, size: int, log) -> None:
     """Pick each non-ALS source's own options by its own recall; update `lists` in place."""
     rec, train = held.rec, held.split.train
-    trials = []
     for days, half_life in itertools.product(RECENT_DAYS, RECENT_HALF_LIFE):
         rec.recent_popular = popularity(train, rec.allowed, held.split.cutoff_us, days, half_life)
-        trials.append(("recent_popular", {"days": days, "half_life_days": half_life}))
-        yield_source(held, lists, result, trials[-1], size)
+        score_source(held, result, "recent_popular", {"days": days, "half_life_days": half_life}, size)
         if train.ts is None:
             break  # without time every window is the whole log: one setting is enough
     depth = rec.spec.recall.item_based.neighbours
@@ -138,8 +136,7 @@ def tune_sources(held: Holdout, lists: dict, result: TuneResult, size: int, log)
     related["als"] = cosine_neighbours(rec.factors.items, allowed_idx, depth)
     for kind, r in itertools.product(SIMILARITIES, RECENT_ITEMS):
         rec.related, rec.recent_items = related[kind], recent_items(train, r)
-        trials.append(("item_based", {"recent_items": r, "neighbours": depth, "similarity": kind}))
-        yield_source(held, lists, result, trials[-1], size)
+        score_source(held, result, "item_based", {"recent_items": r, "neighbours": depth, "similarity": kind}, size)
     for name in ("recent_popular", "item_based"):
         mine = [t for t in result.trials if t.stage == name]
         best = max(mine, key=lambda t: (t.recall, t.ndcg))
@@ -149,25 +146,14 @@ def tune_sources(held: Holdout, lists: dict, result: TuneResult, size: int, log)
     rec.recent_popular = popularity(train, rec.allowed, held.split.cutoff_us, rp["days"], rp["half_life_days"])
     ib = result.best_sources["item_based"]
     rec.related, rec.recent_items = related[ib["similarity"]], recent_items(train, ib["recent_items"])
-    for name in ("recent_popular", "item_based"):
-        lists[name] = source_of(held, name, size)
+    lists.update(held.source_lists(size, ["recent_popular", "item_based"]))
 
 
-def yield_source(held: Holdout, lists: dict, result: TuneResult, trial: tuple, size: int) -> None:
-    name, params = trial
+def score_source(held: Holdout, result: TuneResult, name: str, params: dict, size: int) -> None:
+    """One trial of a source's options: its own list scored on the holdout."""
     start = time.monotonic()
-    metrics = held.score(source_of(held, name, size)[0])
+    metrics = held.score(held.source_lists(size, [name])[name][0])
     result.trials.append(Trial(name, params, metrics["recall"], metrics["ndcg"], round(time.monotonic() - start, 2)))
-
-
-def source_of(held: Holdout, name: str, size: int) -> tuple[np.ndarray, np.ndarray]:
-    spec = held.rec.spec
-    saved = spec.recall.u2i.sources
-    spec.recall.u2i.sources = [name]
-    try:
-        return held.source_lists(size)[name]
-    finally:
-        spec.recall.u2i.sources = saved
 
 
 def coordinate_ascent(lists: dict, single: dict, score, more) -> Trial:

@@ -45,7 +45,8 @@ class BadRows:
 
     def to_dict(self) -> dict:
         return {"rows_in_window": self.total_rows, "bad_rows": self.bad_rows,
-                "bad_fraction": round(self.fraction, 6), "checks": self.by_check}
+                "bad_fraction": round(self.fraction, 6), "duplicate_rows": self.duplicate_rows,
+                "checks": self.by_check}
 
 
 def validate(log: RawLog, spec: InputSection) -> tuple[CleanLog, BadRows]:

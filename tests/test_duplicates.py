@@ -19,7 +19,7 @@ def test_duplicate_rows_equals_the_full_comparison():
     weight = rng.choice([1.0, 2.0], n)
     log = RawLog(user=pa.array(user.astype(str)), item=pa.array(item), ts=ts, ts_bad=np.zeros(n, bool),
                  weight=weight, event=pa.array(event), file_idx=np.zeros(n, np.int32),
-                 files=[FileRead("f", n)], partitioned=False)
+                 files=[FileRead("f", n)])
     candidates = rng.random(n) < 0.95
     want = pd.DataFrame({"u": user, "i": item, "t": ts, "w": weight, "e": event}).duplicated(keep="first")
     got = duplicate_rows(log, candidates)
@@ -31,5 +31,5 @@ def test_unique_times_mean_no_duplicates():
     n = 1000
     log = RawLog(user=pa.array(np.zeros(n, np.int64)), item=pa.array(np.zeros(n, np.int64)),
                  ts=np.arange(n, dtype=np.int64), ts_bad=np.zeros(n, bool), weight=None, event=None,
-                 file_idx=np.zeros(n, np.int32), files=[FileRead("f", n)], partitioned=False)
+                 file_idx=np.zeros(n, np.int32), files=[FileRead("f", n)])
     assert not duplicate_rows(log, np.ones(n, bool)).any()

@@ -17,6 +17,7 @@ from tests.reliability import (
     DATE,
     assert_consistent,
     assert_refused,
+    assert_untouched,
     out_dir,
     published,
     published_files,
@@ -354,11 +355,7 @@ def test_bad_input_is_refused_and_nothing_changes(c: Case, published: Path, cli)
     res = cli(published, *args)
     record(f"bad input: {c.name}", res)
     assert_refused(res, c.code, *(f.replace("{rows}", rows) for f in c.fragments))
-    assert success_markers(out) == markers, "a new _SUCCESS appeared"
-    after = published_files(out)
-    assert after == before, sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
-    staging = out / "_staging"
-    assert not staging.exists() or not any(staging.iterdir()), "staging left behind"
+    assert_untouched(out, before, markers)
     assert not (published / "pwned").exists()
 
 

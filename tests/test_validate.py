@@ -20,7 +20,7 @@ def raw(users, items, weight=None, event=None, ts=None, files=1) -> RawLog:
         weight=None if weight is None else np.asarray(weight, dtype=np.float64),
         event=None if event is None else pa.array(event, pa.string()),
         file_idx=(np.arange(n) % files).astype(np.int32),
-        files=[FileRead(f"f{i}.parquet", 0) for i in range(files)], partitioned=False,
+        files=[FileRead(f"f{i}.parquet", 0) for i in range(files)],
     )
 
 
