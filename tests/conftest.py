@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from recall.synth import SynthSpec, generate
+from recall.samples.synth import SynthSpec, generate
 
 RUN_DATE = dt.date(2026, 11, 20)
 SMALL = SynthSpec(users=1500, items=400, rows_per_day=2500, days=12, clusters=12, seed=11)

@@ -8,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from recall.synth import SynthSpec, generate
+from recall.samples.synth import SynthSpec, generate
 
 TINY = SynthSpec(users=300, items=120, rows_per_day=600, days=12, clusters=6, seed=5)
 

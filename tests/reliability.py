@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
-from recall.synth import generate
+from recall.samples.synth import generate
 from tests.conftest import RUN_DATE, SMALL, run_cli, write_spec
 
 DATE = RUN_DATE.isoformat()

@@ -7,7 +7,7 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 
-from recall.reader import read_table
+from recall.store.reader import read_table
 from tests.conftest import RUN_DATE, write_spec
 
 DATE = RUN_DATE.isoformat()

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from croniter import croniter
 
-from recall.batch import catch_up_dates, summary, worst
+from recall.run.batch import catch_up_dates, summary, worst
 from recall.errors import LockBusy
-from recall.lock import job_lock
+from recall.ops.lock import job_lock
 from tests.conftest import RUN_DATE, run_cli, write_spec
 from tests.opskit import history, logged, out_dir, partitions, snapshot, tiny_project, yesterday
 
@@ -243,7 +243,7 @@ def test_every_run_is_recorded_in_the_history(tmp_path):
         assert 0 <= r["duration_s"] < 300
     assert "no partition dt=2026-11-11" in runs[2]["error"]
     assert "[log] settings refused by loguru" in runs[3]["error"] and "sometimes" in runs[3]["error"]
-    assert "error" not in runs[0]
+    assert not runs[0].get("error")
 
 
 def test_status_shows_each_job(tmp_path):

@@ -9,10 +9,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from recall.config import EvaluateSection
-from recall.evaluate import Split, holdout_split, last_fraction, ranking_metrics
-from recall.matrix import US_PER_DAY, encode
-from recall.validate import CleanLog
+from recall.spec.sections import EvaluateSection
+from recall.evaluate.metrics import Relevant, ranking_metrics
+from recall.evaluate.split import holdout_split, last_fraction
+from recall.ingest.prepare import encode
+from recall.model.matrix import US_PER_DAY
+from recall.ingest.validate import CleanLog
 from tests.conftest import RUN_DATE
 
 DATE = RUN_DATE.isoformat()
@@ -25,14 +27,14 @@ def inter_of(users, items, ts=None):
 
 
 def test_recall_is_hits_over_min_k_relevant_and_ndcg_is_one_for_a_perfect_list():
-    split = Split(inter_of([0, 1], [0, 1]), np.array([0, 0, 0, 1]), np.array([3, 4, -1, 2]), "t", 0)
+    relevant = Relevant(np.array([0, 0, 0, 1]), np.array([3, 4, -1, 2]))
     users = np.array([0, 1])
     lists = np.array([[3, 4], [5, 6]])
-    m = ranking_metrics(lists, users, split, n_items=10, k=2)
+    m = ranking_metrics(lists, users, relevant, n_items=10, k=2)
     # user 0: 2 hits of min(2, 3 relevant) -> 1.0; user 1: 0 of 1 -> 0.0
-    assert m["recall"] == 0.5 and m["hit_rate"] == 0.5 and m["users"] == 2
-    assert m["ndcg"] == pytest.approx(0.5)
-    assert m["coverage"] == pytest.approx(4 / 10)
+    assert m.recall == 0.5 and m.hit_rate == 0.5 and m.users == 2
+    assert m.ndcg == pytest.approx(0.5)
+    assert m.coverage == pytest.approx(4 / 10)
 
 
 def test_temporal_split_holds_out_the_last_days_and_drops_items_seen_in_training():
@@ -43,8 +45,8 @@ def test_temporal_split_holds_out_the_last_days_and_drops_items_seen_in_training
     split = holdout_split(inter, EvaluateSection(holdout_days=1), end)
     assert split.cutoff_us == 9 * US_PER_DAY
     items = split.train.items.values.to_pylist()
-    pairs = sorted(zip(split.train.users.values.take(pa.array(split.test_user)).to_pylist(),
-                       [items[i] if i >= 0 else None for i in split.test_item]))
+    pairs = sorted(zip(split.train.users.values.take(pa.array(split.relevant.user)).to_pylist(),
+                       [items[i] if i >= 0 else None for i in split.relevant.item]))
     assert pairs == [(2, None)]  # item 12 is new in the holdout: relevant, never a hit
 
 
@@ -61,7 +63,7 @@ def test_random_split_is_seeded():
     c = holdout_split(inter, EvaluateSection(split="user_random", holdout_fraction=0.3), 0, seed=2)
     kept = lambda split: split.train.items.values.to_pylist()  # noqa: E731 (what stayed in training)
     assert kept(a) == kept(b) != kept(c)
-    assert a.test_user.size == 30 and len(kept(a)) == 70
+    assert a.relevant.user.size == 30 and len(kept(a)) == 70
 
 
 def published(root: Path) -> dict[str, bytes]:

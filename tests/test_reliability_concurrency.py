@@ -12,7 +12,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from recall.reader import read_arrow
+from recall.store.reader import read_arrow
 from tests.reliability import (
     DATE,
     FORCED,

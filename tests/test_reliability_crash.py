@@ -19,8 +19,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from recall.reader import read_arrow
-from recall.synth import SynthSpec, generate
+from recall.store.reader import read_arrow
+from recall.samples.synth import SynthSpec, generate
 from tests.conftest import RUN_DATE
 from tests.reliability import (
     DATE,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from recall.reader import read_table
+from recall.store.reader import read_table
 from tests.conftest import write_spec
 from tests.reliability import DATE, assert_consistent, assert_refused, out_dir, record
 

@@ -12,7 +12,7 @@ import pytest
 from croniter import croniter
 from crontab import CronTab
 
-from recall import schedule
+from recall.ops import schedule
 from tests.conftest import run_cli
 from tests.opskit import out_dir, tiny_project, tiny_spec, yesterday
 
