@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pyarrow.parquet as pq
+from tests.support.project import REPO
 
-from tests.conftest import REPO
 
 
 def test_bench_small_runs_and_agrees_with_the_peers(tmp_path):

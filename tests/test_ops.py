@@ -10,9 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from croniter import croniter
@@ -20,28 +18,10 @@ from croniter import croniter
 from recall.run.batch import catch_up_dates, summary, worst
 from recall.errors import LockBusy
 from recall.ops.lock import job_lock
-from tests.conftest import RUN_DATE, run_cli, write_spec
-from tests.opskit import history, logged, out_dir, partitions, snapshot, tiny_project, yesterday
+from tests.support.cli import run_cli, start_cli, wait_for
+from tests.support.files import history, logged, out_dir, partitions, snapshot
+from tests.support.project import DATE, tiny_project, write_spec, yesterday
 
-DATE = RUN_DATE.isoformat()
-
-
-def start(root: Path, *args: str, log: Path) -> subprocess.Popen:
-    """`python -m recall --root ROOT ARGS...` in the background, output to files."""
-    env = {k: v for k, v in os.environ.items() if k != "RECALL_ROOT"}
-    fh = open(log, "w")
-    return subprocess.Popen([sys.executable, "-m", "recall", "--root", str(root), *args],
-                            stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=root)
-
-
-def wait_for(cond, proc: subprocess.Popen, what: str, log: Path, timeout: float = 120) -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        if proc.poll() is not None:
-            pytest.fail(f"the run ended (exit {proc.returncode}) before {what}: {log.read_text()[-2000:]}")
-        if time.monotonic() > end:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 # --- the lock --------------------------------------------------------------------------
@@ -54,8 +34,8 @@ def test_second_run_of_a_job_exits_75_and_leaves_the_winners_files_alone(project
     out = out_dir(project, "small")
     began = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     winner_log = tmp_path / "winner.out"
-    winner = start(project, "run", "small", "--date", DATE, "--set", "model.iterations=60",
-                   "--set", "model.factors=48", log=winner_log)
+    winner = start_cli(project, "run", "small", "--date", DATE, "--set", "model.iterations=60",
+                       "--set", "model.factors=48", output=winner_log)
     try:
         def holding() -> bool:
             try:
@@ -64,7 +44,7 @@ def test_second_run_of_a_job_exits_75_and_leaves_the_winners_files_alone(project
                 return False
             return holder.get("pid") == winner.pid and "window" in logged(project, "small")
 
-        wait_for(holding, winner, "the winner held the lock and logged its start", winner_log)
+        wait_for(winner, holding, "the winner held the lock and logged its start")
         winner.send_signal(signal.SIGSTOP)  # frozen mid-run, lock held: its files must not change now
         time.sleep(0.2)
         logs_before = {k: v for k, v in snapshot(project / "logs").items() if k.startswith("small")}
@@ -100,10 +80,10 @@ def test_second_run_of_a_job_exits_75_and_leaves_the_winners_files_alone(project
 def test_lock_is_freed_when_the_holder_is_killed_and_its_staging_is_cleared_next_run(project, tmp_path):
     out = out_dir(project, "small")
     log = tmp_path / "killed.out"
-    victim = start(project, "run", "small", "--date", DATE, "--set", "recall.u2i.batch_size=4", log=log)
+    victim = start_cli(project, "run", "small", "--date", DATE, "--set", "recall.u2i.batch_size=4", output=log)
     try:
-        wait_for(lambda: any(out.glob("_staging/*/u2i/dt=*/part-*.parquet")), victim,
-                 "the run started writing its staged u2i table", log)
+        wait_for(victim, lambda: any(out.glob("_staging/*/u2i/dt=*/part-*.parquet")),
+                 "the run started writing its staged u2i table")
     finally:
         victim.send_signal(signal.SIGKILL)
         victim.wait(timeout=60)

@@ -10,20 +10,11 @@ import pytest
 
 from recall.store import commit
 from recall.store.atomic import write_atomic
-from recall.store.commit import Publication
 from recall.store.layout import STAGING, JobDir
-from recall.store.records import Manifest, TableInfo
 from recall.store.state import is_published, latest, published_dates
 from recall.store.tables import TableWriter
+from tests.support.publish import SCHEMA, release, rows, stage
 from recall.store.reader import read_table
-
-SCHEMA = pa.schema([("item_id", pa.int64()), ("score", pa.float32()), ("rank", pa.int32())])
-
-
-def rows(n: int, start: int = 0) -> pa.Table:
-    return pa.table({"item_id": pa.array(range(start, start + n), pa.int64()),
-                     "score": pa.array([1.0] * n, pa.float32()), "rank": pa.array(range(1, n + 1), pa.int32())})
-
 
 def test_writer_splits_part_files_and_row_groups(tmp_path):
     w = TableWriter(tmp_path / "t", SCHEMA, max_rows_per_file=250, row_group_rows=100)
@@ -46,24 +37,6 @@ def test_empty_table_still_has_a_part_with_the_schema(tmp_path):
     marker = commit.seal(tmp_path / "t", tmp_path / "final", "r")
     assert (marker.run_id, marker.rows, marker.files) == ("r", 0, {"part-00000.parquet": 0})
     assert pq.read_schema(tmp_path / "t" / "part-00000.parquet") == SCHEMA
-
-
-def stage(job: JobDir, run_id: str, date: str, n: int, tables=("popular",)) -> Publication:
-    """Write and seal `tables` of a run, as the engines do."""
-    publication = Publication(job, run_id, date)
-    for table in tables:
-        w = TableWriter(publication.folder(table), SCHEMA, 10_000, 10_000)
-        w.write(rows(n))
-        w.close()
-    return publication
-
-
-def release(job: JobDir, run_id: str, date: str, tables=("popular",), keep_days: int = 1000) -> None:
-    """Publish what `stage` wrote, through the commit protocol."""
-    publication = Publication(job, run_id, date)
-    markers = {table: publication.seal(table) for table in tables}
-    manifest = Manifest(job.name, date, run_id, {t: TableInfo(m.rows, m.files) for t, m in markers.items()})
-    publication.publish(manifest, keep_days)
 
 
 def test_publish_new_then_replace_by_exchange(tmp_path):

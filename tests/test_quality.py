@@ -15,7 +15,7 @@ from recall.evaluate.split import holdout_split, last_fraction
 from recall.ingest.prepare import encode
 from recall.model.matrix import US_PER_DAY
 from recall.ingest.validate import CleanLog
-from tests.conftest import RUN_DATE
+from tests.support.project import RUN_DATE
 
 DATE = RUN_DATE.isoformat()
 

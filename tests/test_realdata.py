@@ -16,7 +16,8 @@ from recall.evaluate.split import holdout_split
 from recall.ingest.prepare import prepare
 from recall.ingest.window import Window
 from recall.model.matrix import confidence, decayed, to_csr
-from tests.conftest import REPO, run_cli
+from tests.support.cli import run_cli
+from tests.support.project import REPO
 
 pytestmark = pytest.mark.realdata
 CASES = {"movielens": "2018-09-24", "movietweetings": "2013-09-01", "lastfm": "2011-05-01"}

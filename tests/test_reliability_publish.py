@@ -6,29 +6,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 
 from recall.store import commit
 from recall.store.atomic import write_atomic
-from recall.store.commit import Publication
-from recall.store.layout import STAGING, JobDir, next_part
+from recall.store.layout import JobDir, next_part
 from recall.store.state import is_published, latest, published_dates
-from recall.store.tables import TableWriter
+from tests.support.files import published_files
+from tests.support.publish import stage as staged
 
-SCHEMA = pa.schema([("item_id", pa.int64()), ("rank", pa.int32())])
 DATE = "2026-11-01"
 TABLES = ("u2i", "i2i", "popular")
 
 
 def stage(job: JobDir, run_id: str, n: int) -> None:
-    """Write and seal every table of a run, as the engines do."""
-    publication = Publication(job, run_id, DATE)
-    for table in TABLES:
-        w = TableWriter(publication.folder(table), SCHEMA, 1000, 1000)
-        w.write(pa.table({"item_id": pa.array(range(n), pa.int64()), "rank": pa.array(range(1, n + 1), pa.int32())}))
-        w.close()
-        publication.seal(table)
+    staged(job, run_id, DATE, n, TABLES, seal=True)
 
 
 def write_manifest(job: JobDir, run_id: str, date: str = DATE) -> None:
@@ -37,8 +29,7 @@ def write_manifest(job: JobDir, run_id: str, date: str = DATE) -> None:
 
 
 def snapshot(job: JobDir) -> dict[str, bytes]:
-    return {str(p.relative_to(job.root)): p.read_bytes() for p in sorted(job.root.rglob("*"))
-            if p.is_file() and STAGING not in p.relative_to(job.root).parts}
+    return published_files(job.root)
 
 
 @pytest.fixture(params=["exchange", "rename fallback"])

@@ -13,8 +13,9 @@ from recall.jobs import load_job as load_spec
 from recall.run.nightly import RunOptions, run_job
 from recall.store.layout import JobDir
 from recall.store.records import RunRecord
-from tests.conftest import run_cli
-from tests.opskit import logged, out_dir, partitions, tiny_project, tree_bytes
+from tests.support.cli import run_cli
+from tests.support.files import logged, out_dir, partitions, tree_bytes
+from tests.support.project import tiny_project
 
 KEEP = 5
 NIGHTS = 40

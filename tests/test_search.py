@@ -15,7 +15,7 @@ from recall.kernel.search import search as search_index
 from recall.kernel.state import ItemSide, Ranking, UserBatch
 from recall.model import index
 from recall.sources.als import candidates as als_candidates
-from tests.conftest import RUN_DATE
+from tests.support.project import RUN_DATE
 
 
 def brute_force(queries, vectors, item_idx, k, exclude=None):
