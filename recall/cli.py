@@ -131,15 +131,21 @@ def cmd_tune(args: argparse.Namespace) -> int:
         spec.evaluate.holdout_days = 1
     log = (lambda msg: print(msg, file=sys.stderr)) if sys.stderr.isatty() else (lambda msg: None)
     try:
-        result = tune.tune(data, spec, job_threads(spec.model.threads), args.budget, args.trials, args.seed, log)
+        result = tune.search(data, spec, job_threads(spec.model.threads), args.budget, args.trials, args.seed, log)
     except ValueError as exc:
         raise InputError(f"cannot tune {spec.name} on {window.start}..{date}: {exc}") from None
-    print(f"# {spec.name}: tuned on {result.split}, recall@{spec.evaluate.k}, seed {args.seed}")
+    choosing, reporting = result.users
+    print(f"# {spec.name}: tuned on {result.split}, recall@{spec.evaluate.k}, seed {args.seed}: trials scored on "
+          f"{choosing} users, the result reported on {reporting} others")
     print(tune.table(result))
     print("\n# single sources with the tuned options: "
           + ", ".join(f"{n} {m.recall:.4f}" for n, m in result.single.items()))
     print(f"# merged with the best blend: recall {result.merged.recall:.4f}, ndcg {result.merged.ndcg:.4f}")
-    print("# paste into the job spec:\n")
+    if args.apply:
+        tune.merge_into(Path(spec.source), result)
+        print(f"# merged into {spec.source}:\n")
+    else:
+        print("# the settings that differ from the spec (recall tune --apply merges them into it):\n")
     print(tune.snippet(result))
     return 0
 
@@ -252,16 +258,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("tune", help="search ALS settings and the source blend on the holdout",
-                       description="Seeded search on JOB's holdout: ALS hyperparameters (factors, "
-                                   "regularization, alpha, iterations, weighting), then source options and "
-                                   "blend weights. Prints what it tried and the best settings as TOML.")
+                       description="Seeded search on JOB's holdout: ALS settings (factors, regularization, "
+                                   "alpha, weighting), then source options and blend weights, each scored on half "
+                                   "the holdout users and reported on the other half. Prints what it tried and "
+                                   "the settings as TOML; --apply merges them into the spec.")
     add_job_args(p)
     p.add_argument("--date", metavar="YYYY-MM-DD", help="window end (default: yesterday)")
     p.add_argument("--budget", type=float, default=600, metavar="SECONDS",
                    help="time budget (default 600); trials start in a fixed seeded order until it is spent")
-    p.add_argument("--trials", type=int, default=30, metavar="N",
-                   help="at most N ALS trials and 4N blend trials (default 30)")
+    p.add_argument("--trials", type=int, default=30, metavar="N", help="at most N ALS trials (default 30)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--apply", action="store_true",
+                   help="merge the tuned settings into the spec file (its other keys and comments kept)")
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("report", help="write an HTML page of every published date's metrics and rows",

@@ -133,8 +133,8 @@ def test_top_up_fills_from_the_fallback_skipping_seen_and_taken():
 
 # --- the contract, as a property ------------------------------------------------------
 
-SOURCE_SETS = st.lists(st.sampled_from(["als", "popular", "recent_popular", "item_based"]),
-                       min_size=1, max_size=4, unique=True)
+SOURCE_SETS = st.lists(st.sampled_from(["als", "popular", "recent_popular", "item_based", "ease"]),
+                       min_size=1, max_size=5, unique=True)
 
 
 @st.composite

@@ -235,8 +235,8 @@ def test_status_shows_each_job(tmp_path):
     res = run_cli(root, "status")
     assert res.returncode == 0, res.stderr
     header, *rows = res.stdout.splitlines()
-    assert header.split() == ["job", "latest", "age", "u2i", "i2i", "recall", "duration", "next", "run",
-                              "last", "failure"]
+    assert header.split() == ["job", "latest", "age", "u2i", "i2i", "recall", "backtest", "blend", "duration",
+                              "next", "run", "last", "failure"]
     assert [r.split()[0] for r in rows] == ["idle", "tiny"]
     idle, tiny = rows
     assert idle.split()[1:3] == ["-", "-"]
@@ -246,7 +246,8 @@ def test_status_shows_each_job(tmp_path):
     fields = tiny.split()
     assert fields[1] == str(end) and re.fullmatch(r"\d+m", fields[2])
     assert fields[3] == f"{manifest['tables']['u2i']['rows']:,}" and fields[4] == f"{manifest['tables']['i2i']['rows']:,}"
-    assert fields[6] == f"{run['duration_s']:.1f}s"
+    assert fields[7] == ",".join(f"{n}:{w:g}" for n, w in manifest["blend"]["weights"].items())
+    assert fields[8] == f"{run['duration_s']:.1f}s"
     assert nxt in tiny and "2026-11-11 exit 3 (run " in tiny
     one = run_cli(root, "status", "tiny")
     assert one.returncode == 0 and len(one.stdout.splitlines()) == 2

@@ -78,7 +78,7 @@ def test_metrics_per_source_and_backtest_land_in_the_manifest(project, cli):
     assert res.returncode == 0, res.stderr
     m = json.loads((project / "data/recall/small/_manifest" / f"dt={DATE}.json").read_text())
     metrics = m["metrics"]
-    assert set(metrics["sources"]) == {"als", "item_based", "recent_popular"}
+    assert set(metrics["sources"]) == {"als", "item_based", "recent_popular", "popular", "ease"}
     for block in (*metrics["sources"].values(), metrics["merged"], metrics["popular_baseline"]):
         assert set(block) >= {"recall", "ndcg", "hit_rate", "coverage", "users"}
     assert metrics["split"].startswith("temporal")
@@ -115,7 +115,7 @@ def test_gate_relative_drop_against_the_previous_run(project, cli):
     assert "max_recall_drop" in res.stderr and "previous run's" in res.stderr
 
 
-def test_tune_is_deterministic_and_prints_a_toml_snippet(project, cli):
+def test_tune_is_deterministic_and_its_settings_merge_into_a_spec_that_has_those_sections(project, cli):
     import tomllib
 
     args = ("tune", "small", "--date", DATE, "--trials", "2", "--budget", "300", "--seed", "3")
@@ -123,17 +123,20 @@ def test_tune_is_deterministic_and_prints_a_toml_snippet(project, cli):
     assert a.returncode == 0, a.stderr
     strip = lambda text: re.sub(r"\s+\d+\.\d  ", " ", text)  # noqa: E731 (drop the seconds column)
     assert strip(a.stdout) == strip(b.stdout)
-    snippet = a.stdout.split("# paste into the job spec:")[1]
-    parsed = tomllib.loads(snippet)
-    assert set(parsed["model"]) == {"factors", "regularization", "alpha", "iterations", "weighting"}
-    assert parsed["recall"]["u2i"]["sources"]
     assert a.stdout.count("\nals ") == 2  # two ALS trials
-    # the snippet is a valid override of the spec
-    spec_text = (project / "jobs" / "small.toml").read_text()
-    (project / "jobs" / "tuned.toml").write_text(spec_text.replace("[model]\nfactors = 16\niterations = 6\nthreads = 1\n", "")
-                                                 .replace("[recall.u2i]\nk = 20\n", "") + snippet
-                                                 .replace("[recall.u2i]", "[recall.u2i]\nk = 20"))
-    assert cli(project, "check", "tuned", "--date", DATE).returncode == 0
+    assert re.search(r"trials scored on \d+ users, the result reported on \d+ others", a.stdout)
+    snippet = tomllib.loads(a.stdout.split("(recall tune --apply merges them into it):")[1])
+    assert snippet["recall"]["u2i"]["blend"] == "weighted" and snippet["recall"]["u2i"]["weights"]
+    # the spec already has [model] and [recall.u2i] (pasting would declare them twice): --apply merges
+    spec = project / "jobs" / "small.toml"
+    spec.write_text("# my job, hand-written\n" + spec.read_text())
+    applied = cli(project, *args, "--apply")
+    assert applied.returncode == 0, applied.stderr
+    merged = tomllib.loads(spec.read_text())
+    assert spec.read_text().startswith("# my job, hand-written\n")
+    assert merged["recall"]["u2i"]["k"] == 20 and merged["recall"]["u2i"]["weights"] == snippet["recall"]["u2i"]["weights"]
+    assert merged["model"]["threads"] == 1 and merged["model"].items() >= snippet.get("model", {}).items()
+    assert cli(project, "check", "small", "--date", DATE).returncode == 0
 
 
 def test_report_renders_every_published_date(project, cli):

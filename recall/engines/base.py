@@ -7,6 +7,7 @@ kernel, returning users for the backtest, and tables staged for the commit proto
 """
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
@@ -25,6 +26,7 @@ class Engine(ABC):
     """One implementation per execution backend; chosen by `[job] engine`."""
 
     name: ClassVar[str]
+    can_search: ClassVar[bool] = False  # whether the nightly run's settings search (recall.run.autotune) runs on it
 
     def __init__(self, spec: JobSpec, root: Path, threads: int, progress: bool = False) -> None:
         self.spec, self.root, self.threads, self.progress = spec, root, threads, progress
@@ -38,9 +40,9 @@ class Engine(ABC):
         """What was read and kept, for the manifest."""
 
     @abstractmethod
-    def holdout(self, data: Any, timer: Timer) -> HoldoutSet | None:
-        """Fit the job's sources on the training part of the holdout split; None when the split
-        leaves nothing to score."""
+    def holdout(self, data: Any, timer: Timer, sources: tuple[str, ...], spec: JobSpec | None = None) -> HoldoutSet | None:
+        """Fit `sources` on the training part of the holdout split (with `spec`'s settings, default
+        the engine's); None when the split leaves nothing to score."""
 
     @abstractmethod
     def returning(self, data: Any, since_us: int) -> Returning | str:
@@ -55,6 +57,12 @@ class Engine(ABC):
     def write_tables(self, model: Any, how: Blend, publication: Publication, timer: Timer) -> dict:
         """Stage every table of the run into `publication.folder(table)`; returns facts for the
         manifest's `search` section."""
+
+    def with_spec(self, spec: JobSpec) -> Engine:
+        """The same engine, and the resources it holds, running `spec` (e.g. with searched settings)."""
+        other = copy.copy(self)
+        other.spec = spec
+        return other
 
     def close(self) -> None:
         """Release what the engine holds (a Spark session, a pool)."""

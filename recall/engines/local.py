@@ -95,6 +95,7 @@ def fit_holdout(data: Prepared, spec: JobSpec, sources: tuple[str, ...], threads
 
 class LocalEngine(Engine):
     name = "local"
+    can_search = True
 
     def prepare(self, window: Window, timer: Timer) -> Prepared:
         return prepare(self.spec, window, self.root, timer)
@@ -105,8 +106,9 @@ class LocalEngine(Engine):
     def end_us(self, data: Prepared) -> int:
         return data.window.bounds_us()[1]
 
-    def holdout(self, data: Prepared, timer: Timer) -> HoldoutSet | None:
-        fitted = fit_holdout(data, self.spec, tuple(self.spec.recall.u2i.sources), self.threads, timer)
+    def holdout(self, data: Prepared, timer: Timer, sources: tuple[str, ...], spec: JobSpec | None = None
+                ) -> HoldoutSet | None:
+        fitted = fit_holdout(data, spec or self.spec, sources, self.threads, timer)
         return fitted[0] if fitted else None
 
     def returning(self, data: Prepared, since_us: int) -> Returning | str:

@@ -30,8 +30,12 @@ def collect(out: JobDir) -> list[dict]:
             row["popular_baseline"] = m.metrics.popular_baseline.recall
             for name, values in m.metrics.sources.items():
                 row[f"source_{name}"] = values.recall
+            if m.metrics.fixed_default is not None:
+                row["fixed_default"] = m.metrics.fixed_default.recall
+                row["choosing"] = m.metrics.choosing.recall
         if m.backtest and "recall" in m.backtest:
             row["backtest"] = m.backtest["recall"]
+        row["blend"] = ", ".join(f"{n} {w:g}" for n, w in m.blend.get("weights", {}).items()) or m.blend.get("mode", "")
         rows.append(row)
     return rows
 
@@ -96,7 +100,8 @@ def render(job: str, out: JobDir, max_drop: float) -> str:
     if rows:
         parts.append(f"<img alt='recall' src='{chart(rows, metric_keys, f'holdout recall@{k}', 'recall')}'>")
         parts.append(f"<img alt='rows' src='{chart(rows, row_keys, 'rows per table', 'rows')}'>")
-        cols = ["date", *metric_keys, "coverage", *row_keys, "seconds", "skip_gate"]
+        cols = ["date", *metric_keys, "choosing", "fixed_default", "blend", "coverage", *row_keys, "seconds",
+                "skip_gate"]
         parts.append("<h2>Published dates</h2><table><tr>" + "".join(
             f"<th>{html.escape(c.removeprefix('source_'))}</th>" for c in cols) + "</tr>")
         for r in reversed(rows):

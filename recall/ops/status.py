@@ -33,6 +33,8 @@ def job_row(spec: JobSpec, root: Path) -> dict:
         "u2i": f"{rows['u2i']:,}" if "u2i" in rows else "-",
         "i2i": f"{rows['i2i']:,}" if "i2i" in rows else "-",
         "recall": f"{merged.recall:.4f}" if merged else "-",
+        "backtest": f"{manifest.backtest['recall']:.4f}" if manifest and "recall" in (manifest.backtest or {}) else "-",
+        "blend": ",".join(f"{n}:{w:g}" for n, w in manifest.blend.get("weights", {}).items()) if manifest else "-",
         "duration": f"{last_ok.duration_s:.1f}s" if last_ok else "-",
         "last failure": (f"{failure.date} exit {failure.exit_code} (run {failure.started[:16] or '?'}): "
                          f"{failure.error[:60]}" if failure else "-"),
@@ -60,7 +62,7 @@ def print_status(root: Path, job: str | None, load: Callable) -> int:
     if not rows:
         print(f"no job specs in {root / 'jobs'}")
         return 0
-    cols = ["job", "latest", "age", "u2i", "i2i", "recall", "duration", "next run", "last failure"]
+    cols = ["job", "latest", "age", "u2i", "i2i", "recall", "backtest", "blend", "duration", "next run", "last failure"]
     widths = {c: max(len(c), *(len(str(r.get(c, "-"))) for r in rows)) for c in cols}
     print("  ".join(c.ljust(widths[c]) for c in cols).rstrip())
     for r in rows:

@@ -25,6 +25,7 @@ from recall.ingest.window import Window
 from recall.kernel.blend import Blend
 from recall.ops.lock import job_lock
 from recall.ops.logs import add_job_file, remove_sink
+from recall.run.autotune import tuned_spec
 from recall.runtime import job_threads
 from recall.sources import spec_blend
 from recall.spec.sections import JobSpec
@@ -106,19 +107,21 @@ def run_date(spec: JobSpec, opts: RunOptions, job: JobDir, run_id: str) -> RunRe
     window = Window(opts.date, spec.job.lookback_days, spec.job.timezone)
     logger.info(f"run {run_id}: window {window.start}..{window.run_date} ({window.timezone}), spec {spec.source}, "
                 f"engine {spec.job.engine}, {threads} thread(s)" + (", forced" if opts.force else ""))
-    timer, how = Timer(), spec_blend(spec)
+    timer = Timer()
     previous = previous_published(job, date)  # the backtest's subject, the gate's reference
+    before = read_manifest(job, previous) if previous else None
     publication = Publication(job, run_id, date)
     with engines.create(spec, opts.root, threads, opts.progress) as engine:
         data = engine.prepare(window, timer)
-        metrics = evaluate(engine, data, how, timer) if spec.evaluate.holdout_days > 0 else None
         with timer.step("backtest"):
             served = backtest(engine, data, job, previous, spec) if previous else None
+        spec, tuned = tuned_spec(engine, data, spec, job, date, run_id, served, timer)
+        engine = engine.with_spec(spec)
+        metrics, how, chosen = evaluate(engine, data, spec, spec_blend(spec), before, timer)
         with timer.step("train"):
-            model = engine.fit(data, how, timer)
+            model = engine.fit(data, how, timer)  # only the sources the blend uses
         search, tables = stage(engine, model, how, publication, timer)
         stats = engine.input_stats(data)
-    before = read_manifest(job, previous) if previous else None
     checks = gate_checks(spec.gate, metrics, before.metrics if before else None, tables["u2i"].rows)
     enforce_gate(checks, opts.skip_gate)
     manifest = Manifest(
@@ -127,7 +130,8 @@ def run_date(spec: JobSpec, opts: RunOptions, job: JobDir, run_id: str) -> RunRe
         seed=spec.model.random_state, threads=threads, forced=opts.force, skip_gate=opts.skip_gate,
         window={"start": window.start.isoformat(), "end": date, "days": window.days, "timezone": window.timezone,
                 "days_without_data": stats.missing_days},
-        input=stats.to_dict(), search=search, blend=how.to_dict(), metrics=metrics, backtest=served,
+        input=stats.to_dict(), search=search, blend=how.to_dict(), blend_source=chosen, tuned=tuned, metrics=metrics,
+        backtest=served,
         gate={"checks": [vars(c) for c in checks], "skipped": opts.skip_gate},
         tables={name: TableInfo(m.rows, m.files) for name, m in tables.items()},
         timings=timer.timings, published_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
@@ -166,14 +170,26 @@ def start_clean(job: JobDir) -> None:
         logger.info(f"cleared {len(leftovers)} staging folder(s) left by earlier runs")
 
 
-def evaluate(engine: Engine, data, how: Blend, timer: Timer) -> Holdout | None:
-    """The holdout: a second model fitted without the held-out part, scored per source and merged."""
-    with timer.step("evaluate"):
-        held = engine.holdout(data, timer)
-        if held is None:
-            logger.warning("holdout evaluation skipped: the holdout or the training part is empty")
-            return None
-        return holdout_metrics(held, how)
+def evaluate(engine: Engine, data, spec: JobSpec, how: Blend, previous: Manifest | None,
+             timer: Timer) -> tuple[Holdout | None, Blend, str]:
+    """The holdout: a second model fitted without the held-out part, scored per source and merged.
+    With blend = "auto" the blend is chosen there too; without a holdout to choose on, the last
+    chosen blend is kept (else the fixed default weights). Returns the metrics, the blend to
+    publish and where it came from."""
+    auto = spec.recall.u2i.blend == "auto"
+    held = None
+    if spec.evaluate.holdout_days > 0:
+        with timer.step("evaluate"):
+            held = engine.holdout(data, timer, how.sources)
+            if held is None:
+                logger.warning("holdout evaluation skipped: the holdout or the training part is empty")
+            else:
+                metrics, chosen = holdout_metrics(held, how, auto, spec.model.random_state)
+                return metrics, chosen, "chosen on the holdout" if auto else "the spec's"
+    if auto and previous is not None and previous.blend.get("mode") == "weighted" \
+            and set(previous.blend["sources"]) <= set(how.sources) and previous.blend_source != "the spec's":
+        return None, Blend.from_dict(previous.blend), f"kept from {previous.date} (no holdout to choose on)"
+    return None, how, "fixed default weights (no holdout to choose on)" if auto else "the spec's"
 
 
 def backtest(engine: Engine, data, job: JobDir, prev: str, spec: JobSpec) -> dict:

@@ -1,9 +1,14 @@
-"""`recall tune`: seeded search on the holdout over ALS hyperparameters, source options and the blend.
+"""Searching a job's settings on its holdout: the ALS settings, each source's options, the blend.
 
-Stage 1 fits ALS alone for sampled hyperparameters and keeps the best by recall@K. Stage 2 fits
-every source once with those, tries each source's options, then searches blend weights over
-the precomputed lists (cheap: no refits). Trials run in a seeded order until the time budget or
-the trial cap is spent, so a rerun with the same seed tries the same settings in the same order.
+Used by `recall tune` (by hand, with a report and a TOML snippet) and by the nightly run's
+periodic search (`recall.run.autotune`, within a time budget). Every trial is scored on the
+holdout's choosing users; the result is reported on the others, so what is reported was not
+what was tuned on. Trials run in a seeded order until the budget or the trial cap is spent, so a
+rerun with the same seed tries the same settings in the same order.
+
+Stage 1 fits ALS alone for grid points (the spec's own settings first). Stage 2 fits every
+source once with the best of them, tries each source's options by rebuilding only that source's
+part, then chooses the blend weights on the precomputed lists (no refits).
 """
 from __future__ import annotations
 
@@ -11,215 +16,252 @@ import copy
 import dataclasses
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+import tomlkit
 
 from recall.engines.local import Model, fit_holdout
-from recall.evaluate.holdout import HoldoutSet
+from recall.evaluate.choose import blend_of, fusion, halves, search_weights
+from recall.evaluate.holdout import HoldoutSet, paired, take
+from recall.evaluate.metrics import relevant_rows
 from recall.ingest.prepare import Prepared
 from recall.kernel.blend import Blend
-from recall.model.itemknn import cooccurrence_neighbours, cosine_neighbours
+from recall.model.itemknn import cooccurrence_neighbours
 from recall.model.popularity import popularity, recent_items
 from recall.sources import NAMES
+from recall.sources.ease import build as build_ease
 from recall.spec.sections import JobSpec
+from recall.store.atomic import write_atomic
 from recall.store.records import Scores
 
 ALS_GRID = {
     "factors": [32, 64, 128],
-    "regularization": [0.01, 0.05, 0.1, 0.3, 1.0],
-    "alpha": [0.5, 1.0, 2.0, 5.0, 10.0],
-    "iterations": [10, 15, 25],
+    "regularization": [0.01, 0.1, 1.0],
+    "alpha": [1.0, 5.0, 20.0],
     "weighting": ["none", "log", "bm25"],
 }
 RECENT_DAYS = [1, 3, 7, 14, 30]
 RECENT_HALF_LIFE = [1.0, 3.0, 7.0]
-RECENT_ITEMS = [1, 3, 5, 10, 20]
-SIMILARITIES = ["bm25", "cosine", "als"]
-BLEND_WEIGHTS = [0.0, 0.1, 0.25, 0.5, 1.0, 2.0]
-ALL_SOURCES = list(NAMES)
+RECENT_ITEMS = [1, 3, 5, 10, 20, 50, 100]
+SIMILARITIES = ["bm25", "cosine"]  # co-occurrence neighbours (no ALS refit per trial)
+EASE_L2 = [50.0, 200.0, 500.0, 1000.0]
+NEIGHBOURS = [50, 100]
 
 
 @dataclass
 class Trial:
     stage: str
     params: dict
-    recall: float
+    recall: float  # on the choosing users
     ndcg: float
     seconds: float
-    metrics: Scores | None = field(default=None, repr=False)
+    per_user: np.ndarray = field(default=None, repr=False)  # recall of each choosing user
+
+
+def adopted(trials: list[Trial], base: Trial) -> Trial:
+    """The best trial if it beats `base` (the spec's own settings) measurably: by more than one
+    standard error of their paired per-user difference. A small holdout's noise changes nothing."""
+    best = max(trials, key=lambda t: (t.recall, t.ndcg))
+    if best is base:
+        return base
+    gap = paired(best.per_user, base.per_user)
+    return best if gap["difference"] > gap["se"] else base
 
 
 @dataclass
 class TuneResult:
     trials: list[Trial] = field(default_factory=list)
-    best_model: dict = field(default_factory=dict)
-    best_sources: dict = field(default_factory=dict)  # section -> {key: value}
-    best_blend: dict = field(default_factory=dict)
-    merged: Scores | None = None
-    single: dict[str, Scores] = field(default_factory=dict)  # source -> metrics, with the tuned options
+    best_model: dict = field(default_factory=dict)  # [model] key -> value
+    best_sources: dict = field(default_factory=dict)  # source section -> {key: value}
+    best_blend: Blend | None = None
+    merged: Scores | None = None  # the tuned blend on the reporting users
+    single: dict[str, Scores] = field(default_factory=dict)  # each source, tuned, on the reporting users
     split: str = ""
+    users: tuple[int, int] = (0, 0)  # choosing, reporting
+
+    def settings(self) -> dict[str, Any]:
+        """What was chosen, as spec keys ("model.factors", "recall.item_based.similarity", ...)."""
+        out = {f"model.{k}": v for k, v in self.best_model.items()}
+        for section, values in self.best_sources.items():
+            out.update({f"recall.{section}.{k}": v for k, v in values.items()})
+        return out
 
 
-def als_candidates(spec: JobSpec, rng: np.random.Generator) -> Iterator[dict]:
-    """The spec's own settings first, then distinct random grid points."""
-    current = {key: getattr(spec.model, key) for key in ALS_GRID}
-    yield current
-    grid = [dict(zip(ALS_GRID, values)) for values in itertools.product(*ALS_GRID.values())]
-    for i in rng.permutation(len(grid)):
-        if grid[i] != current:
-            yield grid[i]
-
-
-def with_model(spec: JobSpec, params: dict, sources: list[str]) -> JobSpec:
+def with_settings(spec: JobSpec, settings: dict[str, Any]) -> JobSpec:
+    """A copy of `spec` with spec keys ("section.sub.key") set."""
     out = copy.deepcopy(spec)
-    for key, value in params.items():
-        setattr(out.model, key, value)
-    out.recall.u2i.sources = sources
+    for key, value in settings.items():
+        *path, name = key.split(".")
+        node = out
+        for part in path:
+            node = getattr(node, part)
+        setattr(node, name, value)
     return out
 
 
-def tune(data: Prepared, spec: JobSpec, threads: int, budget_s: float, max_trials: int, seed: int,
-         log=print) -> TuneResult:
+def als_candidates(spec: JobSpec, rng: np.random.Generator, fixed: frozenset[str]) -> Iterator[dict]:
+    """The spec's own settings first, then distinct random grid points (keys in `fixed` never vary)."""
+    current = {key: getattr(spec.model, key) for key in ALS_GRID}
+    yield current
+    grid = [dict(zip(ALS_GRID, values)) for values in itertools.product(*ALS_GRID.values())]
+    seen = [current]
+    for i in rng.permutation(len(grid)):
+        point = {k: (current[k] if f"model.{k}" in fixed else v) for k, v in grid[i].items()}
+        if point not in seen:
+            seen.append(point)
+            yield point
+
+
+def search(data: Prepared, spec: JobSpec, threads: int, budget_s: float, max_trials: int, seed: int,
+           log: Callable[[str], None] = print, fixed: frozenset[str] = frozenset()) -> TuneResult:
+    """Tune `spec` on `data`'s holdout; keys in `fixed` (set explicitly in the spec) keep their value."""
     rng = np.random.default_rng(seed)
     result = TuneResult()
     deadline = time.monotonic() + budget_s
     stage1_end = time.monotonic() + budget_s * 0.6
 
-    # stage 1: ALS hyperparameters, ALS alone
-    best = None
-    for n, params in enumerate(als_candidates(spec, rng)):
+    # stage 1: ALS settings, ALS alone, scored on the choosing users
+    for n, params in enumerate(als_candidates(spec, rng, fixed)):
         if n >= max_trials or (n > 0 and time.monotonic() > stage1_end):
             break
         start = time.monotonic()
-        fitted = fit_holdout(data, with_model(spec, params, ["als"]), ("als",), threads)
+        fitted = fit_holdout(data, with_settings(spec, {f"model.{k}": v for k, v in params.items()}), ("als",),
+                             threads)
         if fitted is None:
             raise ValueError("the holdout split is empty: nothing to tune on")
         held = fitted[0]
-        result.split = held.description
-        metrics = held.score(held.source_lists(("als",))["als"].items)
-        trial = Trial("als", params, metrics.recall, metrics.ndcg, round(time.monotonic() - start, 2))
+        choose, _ = halves(held.evaluated.size, seed)
+        part, lists = held.subset(choose), held.source_lists(("als",))["als"].items[choose]
+        metrics = part.score(lists)
+        trial = Trial("als", params, metrics.recall, metrics.ndcg, round(time.monotonic() - start, 2),
+                      part.recalls(lists))
         result.trials.append(trial)
         log(f"als {params}: recall {trial.recall:.4f} ({trial.seconds:.1f}s)")
-        if best is None or (trial.recall, trial.ndcg) > (best.recall, best.ndcg):
-            best = trial
-    result.best_model = best.params
+    best = adopted(result.trials, result.trials[0])
+    result.best_model = {k: v for k, v in best.params.items() if v != getattr(spec.model, k)}
 
-    # stage 2: every source with the best ALS, then each source's options, then the blend
-    held, model = fit_holdout(data, with_model(spec, best.params, ALL_SOURCES), tuple(ALL_SOURCES), threads)
-    lists = held.source_lists(tuple(ALL_SOURCES))
-    held = tune_sources(held, model, lists, result, log)
-    result.single = {name: held.score(c.items) for name, c in lists.items()}
-
-    def score(blend: dict) -> Trial:
-        start = time.monotonic()
-        how = Blend(blend["blend"], tuple(blend["sources"]), blend.get("weights", {}))
-        metrics = held.score(held.merged(lists, how))
-        trial = Trial("blend", blend, metrics.recall, metrics.ndcg, round(time.monotonic() - start, 2), metrics)
-        result.trials.append(trial)
-        return trial
-
-    budget_left = lambda: time.monotonic() < deadline and len(result.trials) < 100 * max_trials  # noqa: E731
-    best_blend = coordinate_ascent(lists, result.single, score, budget_left)
-    result.best_blend, result.merged = best_blend.params, best_blend.metrics
-    log(f"best blend {best_blend.params}: recall {best_blend.recall:.4f}")
+    # stage 2: every source with the best ALS, each source's options, then the blend
+    tuned = with_settings(spec, {f"model.{k}": v for k, v in best.params.items()})
+    held, model = fit_holdout(data, tuned, NAMES, threads)
+    result.split = held.description
+    choose, report = halves(held.evaluated.size, seed)
+    result.users = (int(choose.size), int(report.size))
+    held = tune_sources(held, model, choose, result, fixed, log, deadline)
+    lists = held.source_lists(NAMES)
+    _, keys, count = relevant_rows(held.evaluated, held.relevant, held.side.n_items)
+    fused = fusion(lists, keys, count, held.side.n_items, held.k)
+    alone = {n: fused.recall(np.eye(len(fused.names))[i], choose).mean() for i, n in enumerate(fused.names)}
+    result.best_blend = blend_of(search_weights(fused, choose, alone))
+    part, mine = held.subset(report), take(lists, report)
+    result.single = {name: part.score(c.items) for name, c in mine.items()}
+    result.merged = part.score(part.merged(mine, result.best_blend))
+    log(f"best blend {result.best_blend.weights}: recall {result.merged.recall:.4f} on the reporting users")
     return result
 
 
-def tune_sources(held: HoldoutSet, model: Model, lists: dict, result: TuneResult, log) -> HoldoutSet:
-    """Pick each non-ALS source's own options by its own recall; update `lists` in place and
-    return the holdout set with the chosen parts."""
+def tune_sources(held: HoldoutSet, model: Model, choose: np.ndarray, result: TuneResult, fixed: frozenset[str],
+                 log: Callable[[str], None], deadline: float) -> HoldoutSet:
+    """Pick each source's own options by its own recall on the choosing users, rebuilding only
+    that source's part; returns the holdout set with the chosen parts."""
     ctx = model.context
     train = ctx.inter
 
-    def trial(name: str, params: dict, part, recent: np.ndarray | None = None, record: bool = True) -> HoldoutSet:
-        start = time.monotonic()
+    def variant(name: str, part, recent: np.ndarray | None = None) -> HoldoutSet:
         users = held.users if recent is None else dataclasses.replace(held.users, recent=recent)
-        variant = dataclasses.replace(held, side=dataclasses.replace(held.side, parts={**held.side.parts, name: part}),
-                                      users=users)
-        if record:
-            metrics = variant.score(variant.source_lists((name,))[name].items)
-            result.trials.append(Trial(name, params, metrics.recall, metrics.ndcg, round(time.monotonic() - start, 2)))
-        return variant
+        side = dataclasses.replace(held.side, parts={**held.side.parts, name: part})
+        return dataclasses.replace(held, side=side, users=users)
 
-    for days, half_life in itertools.product(RECENT_DAYS, RECENT_HALF_LIFE):
-        trial("recent_popular", {"days": days, "half_life_days": half_life},
-              popularity(train, ctx.allowed, ctx.end_us, days, half_life))
-        if train.ts is None:
-            break  # without time every window is the whole log: one setting is enough
-    depth = ctx.spec.recall.item_based.neighbours
-    related = {kind: cooccurrence_neighbours(ctx.counts, kind, depth, ctx.allowed) for kind in ("bm25", "cosine")}
-    related["als"] = cosine_neighbours(ctx.factors.items, ctx.allowed, depth, ctx.threads)
-    for kind, r in itertools.product(SIMILARITIES, RECENT_ITEMS):
-        trial("item_based", {"recent_items": r, "neighbours": depth, "similarity": kind}, related[kind],
-              recent_items(train, r))
-    for name in ("recent_popular", "item_based"):
+    def trial(name: str, params: dict, candidate: HoldoutSet) -> None:
+        start = time.monotonic()
+        part, lists = candidate.subset(choose), candidate.source_lists((name,))[name].items[choose]
+        metrics = part.score(lists)
+        result.trials.append(Trial(name, params, metrics.recall, metrics.ndcg, round(time.monotonic() - start, 2),
+                                   part.recalls(lists)))
+
+    rp = ctx.spec.recall.recent_popular
+    for days, half_life in [(rp.days, rp.half_life_days), *itertools.product(RECENT_DAYS, RECENT_HALF_LIFE)]:
+        if time.monotonic() > deadline or train.ts is None:
+            break  # without time every window is the whole log: nothing to choose
+        params = {"days": days if "recall.recent_popular.days" not in fixed else rp.days,
+                  "half_life_days": half_life if "recall.recent_popular.half_life_days" not in fixed else rp.half_life_days}
+        trial("recent_popular", params, variant("recent_popular", popularity(train, ctx.allowed, ctx.end_us, **params)))
+    ib = ctx.spec.recall.item_based
+    similarities = [ib.similarity] if "recall.item_based.similarity" in fixed or ib.similarity == "als" else \
+        [ib.similarity, *(x for x in SIMILARITIES if x != ib.similarity)]
+    depths = [ib.recent_items] if "recall.item_based.recent_items" in fixed else \
+        [ib.recent_items, *(r for r in RECENT_ITEMS if r != ib.recent_items)]
+    widths = [ib.neighbours] if "recall.item_based.neighbours" in fixed else \
+        [ib.neighbours, *(n for n in NEIGHBOURS if n != ib.neighbours)]
+    related = {}
+    for kind, width in itertools.product(similarities, widths):
+        if time.monotonic() > deadline and related:
+            break
+        related[kind, width] = held.side.parts["item_based"] if (kind, width) == (ib.similarity, ib.neighbours) \
+            else cooccurrence_neighbours(ctx.counts, kind, width, ctx.allowed)
+        for r in depths:
+            trial("item_based", {"recent_items": r, "similarity": kind, "neighbours": width},
+                  variant("item_based", related[kind, width], recent_items(train, r)))
+    ease = ctx.spec.recall.ease
+    ridges = [] if "recall.ease.l2" in fixed else [ease.l2, *(x for x in EASE_L2 if x != ease.l2)]
+    for l2 in ridges:
+        if time.monotonic() > deadline and l2 != ease.l2:
+            break
+        part = held.side.parts["ease"] if l2 == ease.l2 else \
+            build_ease(dataclasses.replace(ctx, spec=with_settings(ctx.spec, {"recall.ease.l2": l2})))[0]
+        trial("ease", {"l2": l2}, variant("ease", part))
+    for name in ("recent_popular", "item_based", "ease"):
         mine = [t for t in result.trials if t.stage == name]
-        best = max(mine, key=lambda t: (t.recall, t.ndcg))
-        result.best_sources[name] = best.params
+        if not mine:
+            continue
+        best = adopted(mine, mine[0])  # the first trial is the spec's own options
+        current = {k: getattr(getattr(ctx.spec.recall, name), k) for k in best.params}
+        result.best_sources[name] = {k: v for k, v in best.params.items() if v != current[k]}
         log(f"{name} {best.params}: recall {best.recall:.4f}")
-    rp, ib = result.best_sources["recent_popular"], result.best_sources["item_based"]
-    held = trial("recent_popular", rp, popularity(train, ctx.allowed, ctx.end_us, rp["days"], rp["half_life_days"]),
-                 record=False)
-    held = trial("item_based", ib, related[ib["similarity"]], recent_items(train, ib["recent_items"]), record=False)
-    lists.update(held.source_lists(("recent_popular", "item_based")))
+        if name == "recent_popular":
+            held = variant(name, popularity(train, ctx.allowed, ctx.end_us, **best.params))
+        elif name == "ease":
+            if best is not mine[0]:
+                held = variant(name, build_ease(dataclasses.replace(
+                    ctx, spec=with_settings(ctx.spec, {"recall.ease.l2": best.params["l2"]})))[0])
+        else:
+            held = variant(name, related[best.params["similarity"], best.params["neighbours"]],
+                           recent_items(train, best.params["recent_items"]))
+    result.best_sources = {k: v for k, v in result.best_sources.items() if v}
     return held
 
 
-def coordinate_ascent(lists: dict, single: dict, score, more) -> Trial:
-    """Blend weights by coordinate ascent from the best single source: change one source's weight
-    at a time over BLEND_WEIGHTS, keep what improves recall (then NDCG), until nothing does.
-
-    The ordered blend (sources by their own recall) is tried too; deterministic, no refits.
-    """
-    names = sorted(lists, key=lambda n: (-single[n].recall, n))
-    best = score({"blend": "ordered", "sources": names})
-    weights = {n: 0.0 for n in names}
-    weights[names[0]] = 1.0
-
-    def blend_of(w: dict) -> dict:
-        used = [n for n in names if w[n] > 0]
-        return {"blend": "weighted", "sources": used, "weights": {n: w[n] for n in used}}
-
-    current = score(blend_of(weights))
-    best = max(best, current, key=lambda t: (t.recall, t.ndcg))
-    improved = True
-    while improved and more():
-        improved = False
-        for name in names:
-            for value in BLEND_WEIGHTS:
-                if value == weights[name] or not more():
-                    continue
-                trial_weights = {**weights, name: value}
-                if not any(trial_weights.values()):
-                    continue
-                trial = score(blend_of(trial_weights))
-                if (trial.recall, trial.ndcg) > (current.recall, current.ndcg):
-                    weights, current, improved = trial_weights, trial, True
-    return max(best, current, key=lambda t: (t.recall, t.ndcg))
-
-
 def snippet(result: TuneResult) -> str:
-    """The best settings as TOML to paste into the job spec."""
-    def value(v) -> str:
-        if isinstance(v, str):
-            return f'"{v}"'
-        if isinstance(v, list):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        if isinstance(v, dict):
-            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
-        return repr(v)
+    """The best settings as TOML sections (see `merge_into` to merge them into a spec file)."""
+    lines: list[str] = []
+    for section, values in sections(result).items():
+        lines += ["", f"[{section}]"] + [f"{k} = {toml_value(v)}" for k, v in values.items()]
+    return "\n".join(lines).lstrip() + "\n"
 
-    lines = ["[model]"] + [f"{k} = {value(v)}" for k, v in result.best_model.items()]
-    blend = result.best_blend
-    lines += ["", "[recall.u2i]", f"sources = {value(blend['sources'])}", f"blend = {value(blend['blend'])}"]
-    if blend.get("weights"):
-        lines.append(f"weights = {value(blend['weights'])}")
-    for name in ("recent_popular", "item_based"):
-        if name in blend["sources"]:
-            lines += ["", f"[recall.{name}]"] + [f"{k} = {value(v)}" for k, v in result.best_sources[name].items()]
-    return "\n".join(lines) + "\n"
+
+def sections(result: TuneResult) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    if result.best_model:
+        out["model"] = dict(result.best_model)
+    if result.best_blend is not None:
+        out["recall.u2i"] = {"sources": list(result.best_blend.sources), "blend": "weighted",
+                             "weights": dict(result.best_blend.weights)}
+    for name, values in result.best_sources.items():
+        out[f"recall.{name}"] = dict(values)
+    return out
+
+
+def toml_value(v) -> str:
+    if isinstance(v, str):
+        return f'"{v}"'
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
+    return repr(v)
 
 
 def table(result: TuneResult) -> str:
@@ -227,3 +269,18 @@ def table(result: TuneResult) -> str:
     for t in result.trials:
         rows.append(f"{t.stage:<15} {t.recall:8.4f} {t.ndcg:8.4f} {t.seconds:6.1f}  {t.params}")
     return "\n".join(rows)
+
+
+def merge_into(path: Path, result: TuneResult) -> None:
+    """Merge the tuned sections into the spec file at `path`, keys replaced in the sections it
+    already has, comments and layout kept (tomlkit); written atomically."""
+    document = tomlkit.parse(path.read_text(encoding="utf-8"))
+    for section, values in sections(result).items():
+        node = document
+        for part in section.split("."):
+            if part not in node:
+                node[part] = tomlkit.table()
+            node = node[part]
+        for key, value in values.items():
+            node[key] = value
+    write_atomic(path, tomlkit.dumps(document))

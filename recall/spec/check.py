@@ -54,6 +54,7 @@ def check_spec(spec: JobSpec, source: str) -> None:
     need(r.recent_popular.days >= 1, "[recall.recent_popular] days", "must be at least 1")
     need(r.item_based.recent_items >= 1 and r.item_based.neighbours >= 1, "[recall.item_based]",
          "recent_items and neighbours must be at least 1")
+    need(r.ease.max_items >= 2 and r.ease.l2 > 0, "[recall.ease]", "max_items must be at least 2 and l2 positive")
     o = spec.output
     need(o.keep_days >= 1, "[output] keep_days", "must be at least 1")
     need(o.max_rows_per_file >= 1 and o.row_group_rows >= 1, "[output]", "row limits must be at least 1")
@@ -67,6 +68,10 @@ def check_spec(spec: JobSpec, source: str) -> None:
              "must be less than [job] lookback_days")
     need(0 < e.holdout_fraction < 1, "[evaluate] holdout_fraction", "must be within 0..1")
     need(e.k >= 1 and e.max_users >= 1, "[evaluate]", "k and max_users must be at least 1")
+    a = spec.autotune
+    need(a.every_days >= 0, "[autotune] every_days", "must be >= 0 (0: never search in a run)")
+    need(0 <= a.backtest_drop <= 1, "[autotune] backtest_drop", "must be within 0..1")
+    need(a.budget_s > 0 and a.trials >= 1, "[autotune]", "budget_s must be positive and trials at least 1")
     g = spec.gate
     need(0 <= g.max_recall_drop <= 1, "[gate] max_recall_drop", "must be within 0..1")
     need(g.min_rows >= 0, "[gate] min_rows", "must be >= 0")

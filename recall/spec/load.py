@@ -41,6 +41,7 @@ def load_spec(path: Path, overrides: list[str] | None = None) -> JobSpec:
         apply_override(raw, item)
     spec = build_section(JobSpec, raw, where="", source=str(path))
     spec.source = str(path)
+    spec.explicit = frozenset(explicit_keys(JobSpec, raw))
     if not spec.job.name:
         spec.job.name = path.stem
     check_spec(spec, str(path))
@@ -70,6 +71,19 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         if not isinstance(node, dict):
             raise SpecError(f"--set {item!r}: {part} is not a section")
     node[parts[-1]] = value
+
+
+def explicit_keys(cls: type, raw: dict, prefix: str = "") -> list[str]:
+    """The dotted keys a spec's TOML (with its overrides) sets, e.g. "model.factors"."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for name, value in raw.items():
+        kind = hints.get(name)
+        if dataclasses.is_dataclass(kind) and isinstance(value, dict):
+            out += explicit_keys(kind, value, f"{prefix}{name}.")
+        else:
+            out.append(prefix + name)
+    return out
 
 
 def build_section(cls: type, raw: Any, where: str, source: str) -> Any:

@@ -57,8 +57,10 @@ class ModelSection:
 @dataclass
 class U2ISection:
     k: int = 100
-    sources: list[str] = field(default_factory=lambda: ["als", "item_based", "recent_popular"])
-    blend: Literal["ordered", "quota", "weighted"] = "weighted"
+    # the sources that may take part; with blend = "auto" each run chooses among them
+    sources: list[str] = field(default_factory=lambda: ["als", "item_based", "recent_popular", "popular", "ease"])
+    # auto: weights chosen on the holdout every run; ordered, quota, weighted: fixed by the spec
+    blend: Literal["auto", "ordered", "quota", "weighted"] = "auto"
     quotas: dict[str, float] = field(default_factory=dict)
     weights: dict[str, float] = field(default_factory=dict)
     search: Literal["exact", "approx", "auto"] = "auto"
@@ -98,12 +100,19 @@ class ItemBasedSection:
 
 
 @dataclass
+class EaseSection:
+    max_items: int = 3000  # the most popular items modelled (the inversion is cubic in them)
+    l2: float = 200.0  # the ridge on the Gram matrix
+
+
+@dataclass
 class RecallSection:
     u2i: U2ISection = field(default_factory=U2ISection)
     i2i: I2ISection = field(default_factory=I2ISection)
     popular: PopularSection = field(default_factory=PopularSection)
     recent_popular: RecentPopularSection = field(default_factory=RecentPopularSection)
     item_based: ItemBasedSection = field(default_factory=ItemBasedSection)
+    ease: EaseSection = field(default_factory=EaseSection)
 
 
 @dataclass
@@ -140,6 +149,20 @@ class GateSection:
     max_recall_drop: float = 0.5  # relative to the previous published run
     min_coverage: float = 0.0
     min_rows: int = 1
+    # refuse a merged list measurably below the popularity baseline on the holdout's reporting
+    # users: their mean per-user recall difference more than 2 standard errors below zero
+    popular_floor: bool = True
+
+
+@dataclass
+class AutotuneSection:
+    """The nightly run's own search of the model settings and source options (kept in the job's
+    output folder, never written into the spec; keys the spec sets explicitly are never changed)."""
+
+    every_days: int = 7  # search again once the settings are this many days old; 0: never in a run
+    backtest_drop: float = 0.2  # ... or when the backtest recall fell this much (relative) since
+    budget_s: float = 120.0  # the search's time budget
+    trials: int = 8  # at most this many ALS settings tried
 
 
 @dataclass
@@ -161,8 +184,10 @@ class JobSpec:
     output: OutputSection = field(default_factory=OutputSection)
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
     gate: GateSection = field(default_factory=GateSection)
+    autotune: AutotuneSection = field(default_factory=AutotuneSection)
     log: LogSection = field(default_factory=LogSection)
     source: str = field(default="", compare=False)  # the file it came from
+    explicit: frozenset[str] = field(default=frozenset(), compare=False)  # keys the file or --set gave
 
     @property
     def name(self) -> str:
@@ -171,6 +196,7 @@ class JobSpec:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data.pop("source")
+        data.pop("explicit")
         return data
 
     def spec_hash(self) -> str:

@@ -5,6 +5,7 @@
     _LATEST                                                  newest fully published date
     _staging/<run_id>/<table>/dt=D/                          a run's work in progress
     _history.jsonl, _lock                                    the run history, the job's lock
+    _tuned.json                                              settings the run's own search chose
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ STAGING = "_staging"
 JOURNAL = "_PUBLISHING"
 HISTORY = "_history.jsonl"
 LOCK = "_lock"
+TUNED = "_tuned.json"
 TABLES = ("u2i", "i2i", "popular")  # the tables a run may publish (readers refuse other names)
 PART_RE = re.compile(r"^part-(\d{5,})\.parquet$")
 
@@ -52,6 +54,10 @@ class JobDir:
     @property
     def lock_file(self) -> Path:
         return self.root / LOCK
+
+    @property
+    def tuned_file(self) -> Path:
+        return self.root / TUNED
 
     def staging(self, run_id: str) -> Path:
         return self.root / STAGING / run_id

@@ -68,6 +68,12 @@ class Holdout:
     train_rows: int = 0
     relevant_pairs: int = 0
     users_evaluated: int = 0
+    # blend = "auto": the blend is chosen on some users and every figure above is on the others
+    users_choosing: int = 0  # 0: nothing was chosen, every evaluated user reports
+    users_reporting: int = 0
+    choosing: Scores | None = None  # the chosen blend on the users it was chosen on (optimistic)
+    fixed_default: Scores | None = None  # the fixed default weights, on the reporting users
+    vs_popular: dict | None = None  # the merged list minus the popular baseline, per reporting user
 
     @classmethod
     def from_dict(cls, data: dict | None) -> Holdout | None:
@@ -77,8 +83,10 @@ class Holdout:
         if merged is None or base is None:
             return None
         sources = {n: s for n, v in (data.get("sources") or {}).items() if (s := Scores.from_dict(v))}
-        rest = _known(cls, {k: v for k, v in data.items() if k not in ("merged", "popular_baseline", "sources")})
-        return cls(merged=merged, popular_baseline=base, sources=sources, **rest)
+        scores = ("merged", "popular_baseline", "sources", "choosing", "fixed_default")
+        rest = _known(cls, {k: v for k, v in data.items() if k not in scores})
+        return cls(merged=merged, popular_baseline=base, sources=sources, choosing=Scores.from_dict(data.get("choosing")),
+                   fixed_default=Scores.from_dict(data.get("fixed_default")), **rest)
 
 
 @dataclass(frozen=True)
@@ -120,6 +128,8 @@ class Manifest:
     input: dict = field(default_factory=dict)
     search: dict = field(default_factory=dict)
     blend: dict = field(default_factory=dict)
+    blend_source: str = ""  # chosen on the holdout, kept from an earlier run, or the spec's
+    tuned: dict = field(default_factory=dict)  # the settings searched by the run (or an earlier one) it used
     metrics: Holdout | None = None
     backtest: dict | None = None
     gate: dict = field(default_factory=dict)
@@ -144,6 +154,29 @@ class Manifest:
     @property
     def duration_s(self) -> float:
         return round(sum(v for k, v in self.timings.items() if "." not in k), 3)
+
+
+@dataclass(frozen=True)
+class TunedState:
+    """`_tuned.json`: the settings the nightly run's own search chose, reused until the next search."""
+
+    date: str  # the run date of the search
+    run_id: str
+    settings: dict[str, Any]  # spec keys ("model.factors", ...) -> value
+    split: str = ""
+    users: list[int] = field(default_factory=list)  # choosing, reporting
+    merged_recall: float = 0.0  # the tuned blend on the reporting users
+    backtest_recall: float | None = None  # the backtest of the run that searched
+    seconds: float = 0.0
+    trials: int = 0
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TunedState | None:
+        try:
+            state = cls(**_known(cls, data))
+        except TypeError:
+            return None
+        return state if isinstance(state.settings, dict) else None
 
 
 @dataclass(frozen=True)

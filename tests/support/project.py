@@ -45,6 +45,9 @@ keep_days = {keep_days}
 [evaluate]
 holdout_days = {holdout_days}
 k = {k}
+
+[autotune]
+every_days = 0  # the settings search has its own tests (test_autotune.py); elsewhere it would slow every run
 {extra}
 """
 SMALL_SPEC = dict(lookback=10, factors=16, iterations=6, k=20, i2i_k=10, popular_k=30, holdout_days=1)
