@@ -194,7 +194,7 @@ def peers(train: pd.DataFrame, test: pd.DataFrame, has_time: bool) -> dict[str, 
     raw, users, items = matrix(train, weights)
     with threadpool_limits(1, "blas"):
         for label, user_items in (("implicit ALS (raw)", raw),
-                                  ("implicit ALS (BM25)", bm25_weight(raw.T.tocoo(), K1=100, B=0.8).T.tocsr())):
+                                  ("implicit ALS (BM25)", bm25_weight(raw.T.tocsr(), K1=100, B=0.8).T.tocsr())):
             model = AlternatingLeastSquares(factors=64, random_state=0, num_threads=2)
             model.fit(user_items.astype(np.float32), show_progress=False)
             out[label] = recall_at_k(implicit_lists(model, raw, users, items, wanted), train, test)

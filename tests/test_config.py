@@ -22,7 +22,10 @@ def test_minimal_spec_gets_defaults_and_name_from_stem(tmp_path):
     spec = load_spec(spec_file(tmp_path, '[input]\npath = "x"\n', "nightly-recall_2"))
     assert spec.name == "nightly-recall_2"
     assert spec.job.lookback_days == 28 and spec.job.timezone == "UTC"
-    assert spec.recall.u2i.k == 100 and spec.recall.u2i.sources == ["als", "item_based", "recent_popular"]
+    assert spec.recall.u2i.k == 100 and spec.recall.u2i.blend == "auto"
+    assert spec.recall.u2i.sources == ["als", "item_based", "recent_popular", "popular", "ease"]
+    assert spec.job.engine == "local"
+    assert spec.explicit == frozenset({"input.path"})
     assert spec.output.path == "data/recall" and spec.evaluate.holdout_days == 1
 
 
