@@ -25,6 +25,7 @@ PAD = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
 TILE_QUERIES = 256  # exact: queries scored together (their block of scores stays in L2)
 TILE_ITEMS = 2048  # exact: items per product
 IVF_TILE_QUERIES = 2048  # ivf: queries whose probes are grouped by cell
+IVF_BUFFER = 4  # ivf: a row's buffer holds 4k keys (most probed items pass while it fills)
 CHUNK = 32  # scores checked against the threshold at once before any is looked at alone
 
 # --- packed keys -------------------------------------------------------------------------
@@ -76,33 +77,73 @@ def _unpack_rows(keys, items, scores):
 
 @njit(cache=True, nogil=True)
 def _select(a, n, k):
-    """Rearrange a[:n] (distinct keys) so that a[:k] are its k smallest, a[k - 1] the largest of them."""
-    lo, hi, target = 0, n - 1, k - 1
-    while hi > lo:
-        mid = (lo + hi) >> 1
-        if a[mid] < a[lo]:
-            a[mid], a[lo] = a[lo], a[mid]
-        if a[hi] < a[lo]:
-            a[hi], a[lo] = a[lo], a[hi]
-        if a[hi] < a[mid]:
-            a[hi], a[mid] = a[mid], a[hi]
-        pivot = a[mid]
-        i, j = lo, hi
-        while i <= j:
-            while a[i] < pivot:
-                i += 1
-            while a[j] > pivot:
-                j -= 1
-            if i <= j:
-                a[i], a[j] = a[j], a[i]
-                i += 1
-                j -= 1
-        if target <= j:
-            hi = j
-        elif target >= i:
-            lo = i
+    """Rearrange a[:n] (distinct keys) so that a[:k] are its k smallest and a[k - 1] the largest
+    of them: quickselect with a branch-free partition (every element swapped, the split advanced
+    by the comparison), which costs a third of a branching one on unpredictable keys."""
+    lo, hi, target = 0, n, k - 1
+    while hi - lo > 24:
+        x, y, z = a[lo], a[(lo + hi) >> 1], a[hi - 1]
+        pivot = max(min(x, y), min(max(x, y), z))  # the median of three distinct keys: lo < split < hi
+        split = lo
+        for i in range(lo, hi):
+            v = a[i]
+            a[i] = a[split]
+            a[split] = v
+            split += v < pivot
+        if target < split:
+            hi = split
         else:
-            break
+            lo = split
+    _insertion_sort(a, lo, hi)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _insertion_sort(a, lo, hi):
+    for i in range(lo + 1, hi):
+        v = a[i]
+        j = i
+        while j > lo and a[j - 1] > v:
+            a[j] = a[j - 1]
+            j -= 1
+        a[j] = v
+
+
+@njit(cache=True, nogil=True)
+def _sort(a, n, tmp):
+    """Sort a[:n] ascending (tmp: scratch of at least n): runs of 8 by insertion, then merged
+    with a branch-free merge (twice as fast as np.sort on a hundred keys)."""
+    run = 8
+    for lo in range(0, n, run):
+        _insertion_sort(a, lo, min(lo + run, n))
+    src, dst = a, tmp
+    width = run
+    flips = 0
+    while width < n:
+        for lo in range(0, n, 2 * width):
+            mid = min(lo + width, n)
+            hi = min(lo + 2 * width, n)
+            i, j, o = lo, mid, lo
+            while i < mid and j < hi:
+                x = src[i]
+                y = src[j]
+                right = y < x
+                dst[o] = y if right else x
+                j += right
+                i += 1 - right
+                o += 1
+            while i < mid:
+                dst[o] = src[i]
+                i += 1
+                o += 1
+            while j < hi:
+                dst[o] = src[j]
+                j += 1
+                o += 1
+        src, dst = dst, src
+        flips += 1
+        width *= 2
+    if flips % 2 == 1:
+        a[:n] = tmp[:n]
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -111,49 +152,73 @@ def _bits_to_float(bits, one, one_bits):
     return one[0]
 
 
-@njit(cache=True, nogil=True)
-def _scan_row(row, bits, lo, item_idx, buf, cnt, k, limit, ex_pos, e, e_end, one, one_bits):
-    """Offer row[j] (index position lo + j) to a row's buffer, excluded positions skipped.
+@njit(cache=True, nogil=True, inline="always")
+def _row_threshold(limit, one, one_bits):
+    if limit == PAD:
+        return np.float32(-np.inf)
+    return _bits_to_float(_key_bits(limit), one, one_bits)
 
-    limit: [threshold key]; the threshold score is the float of its bits (-inf while the key is
-    PAD). Scores below the threshold are passed over CHUNK at a time (a vectorised count).
-    Returns (count, exclusion cursor)."""
-    w = row.shape[0]
-    thr = np.float32(-np.inf) if limit[0] == PAD else _bits_to_float(_key_bits(limit[0]), one, one_bits)
+
+@njit(cache=True, nogil=True, inline="always")
+def _seek(ex_pos, e, e1, pos):
+    """The first index in ex_pos[e:e1] (sorted) whose value is >= pos."""
+    if e1 - e > 16:
+        return e + np.searchsorted(ex_pos[e:e1], pos)
+    while e < e1 and ex_pos[e] < pos:
+        e += 1
+    return e
+
+
+@njit(cache=True, nogil=True)
+def _scan(block, bits, a, w, lo, item_idx, bufs, r, counts, limits, k, ex_pos, e, e1, one, one_bits):
+    """Offer block[a, :w] (index positions lo...) to row r's buffer, excluded positions skipped.
+
+    limits[r, 0] is the row's threshold key (PAD until the buffer first fills); its score is the
+    threshold, and scores below it are passed over CHUNK at a time (a vectorised count). Inlined
+    with 2-D indexing: a call per row with array views cost more than small blocks' scores.
+    Returns the exclusion cursor."""
+    cnt = counts[r]
+    limit = limits[r, 0]
+    width = bufs.shape[1]
+    thr = _row_threshold(limit, one, one_bits)
     for c0 in range(0, w, CHUNK):
-        chunk = row[c0:c0 + CHUNK]  # a slice from 0: LLVM vectorises the count below
-        hits = 0
-        for j in range(chunk.shape[0]):
-            hits += chunk[j] >= thr
-        if hits == 0:
-            continue
-        for j in range(c0, c0 + chunk.shape[0]):
-            if row[j] >= thr:
+        c1 = min(c0 + CHUNK, w)
+        if c1 - c0 == CHUNK:
+            chunk = block[a, c0:c1]  # a full slice: LLVM vectorises the count below
+            hits = 0
+            for j in range(CHUNK):
+                hits += chunk[j] >= thr
+            if hits == 0:
+                continue
+        for j in range(c0, c1):
+            if block[a, j] >= thr:
                 pos = lo + j
-                while e < e_end and ex_pos[e] < pos:
+                while e < e1 and ex_pos[e] < pos:
                     e += 1
-                if e < e_end and ex_pos[e] == pos:
+                if e < e1 and ex_pos[e] == pos:
                     continue
-                key = _key(bits[j], item_idx[pos])
-                if key < limit[0]:
-                    buf[cnt] = key
+                key = _key(bits[a, j], item_idx[pos])
+                if key < limit:
+                    bufs[r, cnt] = key
                     cnt += 1
-                    if cnt == buf.shape[0]:
-                        _select(buf, cnt, k)
+                    if cnt == width:
+                        _select(bufs[r], cnt, k)
                         cnt = k
-                        limit[0] = buf[k - 1]
-                        thr = _bits_to_float(_key_bits(limit[0]), one, one_bits)
-    return cnt, e
+                        limit = bufs[r, k - 1]
+                        thr = _row_threshold(limit, one, one_bits)
+    counts[r] = cnt
+    limits[r, 0] = limit
+    return e
 
 
 @njit(cache=True, nogil=True)
-def _finish(buf, cnt, k, out):
+def _finish(buf, cnt, k, out, tmp):
     """A row's k best keys, sorted, PAD after the last."""
     if cnt > k:
         _select(buf, cnt, k)
         cnt = k
-    row = np.sort(buf[:cnt])
-    out[:cnt] = row
+    _sort(buf, cnt, tmp)
+    out[:cnt] = buf[:cnt]
     out[cnt:] = PAD
 
 
@@ -180,9 +245,10 @@ BOUND_MARGIN = 1.0 + 1e-3
 
 
 @njit(cache=True, nogil=True)
-def exact_state(rows, k):
-    """Per-row working arrays of the exact search for a tile of `rows` queries and k >= 1."""
-    return (np.empty((rows, 2 * k), np.uint64), np.zeros(rows, np.int64), np.empty((rows, 1), np.uint64),
+def exact_state(rows, k, width=2):
+    """Per-row working arrays of the search for a tile of `rows` queries and k >= 1 (each row's
+    buffer holds width * k keys)."""
+    return (np.empty((rows, width * k), np.uint64), np.zeros(rows, np.int64), np.empty((rows, 1), np.uint64),
             np.empty(rows, np.int64), np.empty(rows, np.float64), np.empty(rows, np.int64))
 
 
@@ -215,8 +281,8 @@ def exact_offer_block(block, i0, item_idx, q0, ex_indptr, ex_pos, k, bound_next,
     kept = 0
     for a in range(m):
         r = active[a]
-        counts[r], cursor[r] = _scan_row(block[a], bits[a], i0, item_idx, bufs[r], counts[r], k, limits[r], ex_pos,
-                                         cursor[r], ex_indptr[q0 + r + 1], one, one_bits)
+        cursor[r] = _scan(block, bits, a, block.shape[1], i0, item_idx, bufs, r, counts, limits, k, ex_pos, cursor[r],
+                          ex_indptr[q0 + r + 1], one, one_bits)
         if limits[r, 0] != PAD:
             thr = _bits_to_float(_key_bits(limits[r, 0]), one, one_bits)
             if qnorm[r] * bound_next * BOUND_MARGIN < thr:
@@ -229,8 +295,9 @@ def exact_offer_block(block, i0, item_idx, q0, ex_indptr, ex_pos, k, bound_next,
 @njit(cache=True, nogil=True)
 def exact_end(state, k, rows, keys_out):
     bufs, counts = state[0], state[1]
+    tmp = np.empty(bufs.shape[1], np.uint64)
     for r in range(rows):
-        _finish(bufs[r], counts[r], k, keys_out[r])
+        _finish(bufs[r], counts[r], k, keys_out[r], tmp)
 
 
 @njit(cache=True, nogil=True)
@@ -311,3 +378,555 @@ def excluded_positions(indptr, indices, position):
         out[start:at].sort()
         out_ptr[r + 1] = at
     return out_ptr, out[:at]
+
+
+# --- IVF (approximate) search ----------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True)
+def cell_bounds(vectors, offsets):
+    """The largest L2 norm (float64) of each cell's vectors; 0 for an empty cell."""
+    nlist = offsets.shape[0] - 1
+    out = np.zeros(nlist, np.float64)
+    for c in range(nlist):
+        best = 0.0
+        for i in range(offsets[c], offsets[c + 1]):
+            s = 0.0
+            for d in range(vectors.shape[1]):
+                s += np.float64(vectors[i, d]) ** 2
+            best = max(best, math.sqrt(s))
+        out[c] = best
+    return out
+
+
+@njit(cache=True, nogil=True)
+def ivf_top_k_keys(queries, probes, offsets, vectors, item_idx, k, ex_indptr, ex_pos, bounds,
+                   tile_queries=IVF_TILE_QUERIES, near=1):
+    """Packed keys (B x k) of each query's top-k among the items of its probed cells.
+
+    probes: B x nprobe cell numbers, nearest first, -1 pads; cell c holds index positions
+    offsets[c]:offsets[c + 1] of vectors / item_idx (cell-ordered); bounds: cell_bounds(...).
+    The result is the exact top-k of the union of a query's probed cells (excluded positions
+    skipped), whatever order they are scanned in: queries are taken a tile at a time, their probes
+    in passes of growing rank (the nearest cell first, so thresholds rise early), each pass grouped
+    by cell so a cell is one BLAS product against all the queries of the tile that probe it. A
+    (query, cell) pair is skipped when |q| * the cell's largest norm is below the query's k-th best.
+    """
+    b_total, f = queries.shape
+    nlist = offsets.shape[0] - 1
+    nprobe = probes.shape[1]
+    n = vectors.shape[0]
+    keys = np.full((b_total, k), PAD, np.uint64)
+    kk = min(k, n)
+    if kk <= 0 or b_total == 0 or nprobe == 0:
+        return keys
+    tq = min(tile_queries, b_total)
+    widest = 0
+    for c in range(nlist):
+        widest = max(widest, offsets[c + 1] - offsets[c])
+    flat = np.empty(tq * max(widest, 1), np.float32)
+    qbuf = np.empty((tq, f), np.float32)
+    state = exact_state(tq, kk, IVF_BUFFER)
+    bufs, counts, limits, cursor, qnorm, _ = state
+    width = bufs.shape[1]
+    cell_start = np.empty(nlist + 1, np.int64)
+    cell_fill = np.empty(nlist, np.int64)
+    pair_query = np.empty(tq * nprobe, np.int64)
+    rows = np.empty(tq, np.int64)
+    one = np.empty(1, np.float32)
+    one_bits = one.view(np.uint32)
+    for q0 in range(0, b_total, tq):
+        m_tile = exact_begin(queries, q0, ex_indptr, state)
+        for step in range(2):  # passes over probe ranks [0, near), then [near, nprobe)
+            r0 = 0 if step == 0 else min(near, nprobe)
+            r1 = min(near, nprobe) if step == 0 else nprobe
+            if r1 <= r0:
+                continue
+            cell_start[:] = 0
+            for r in range(m_tile):
+                for j in range(r0, r1):
+                    c = probes[q0 + r, j]
+                    if c >= 0:
+                        cell_start[c + 1] += 1
+            for c in range(nlist):
+                cell_start[c + 1] += cell_start[c]
+            cell_fill[:] = cell_start[:nlist]
+            for r in range(m_tile):
+                for j in range(r0, r1):
+                    c = probes[q0 + r, j]
+                    if c >= 0:
+                        pair_query[cell_fill[c]] = r
+                        cell_fill[c] += 1
+            for c in range(nlist):
+                lo, hi = offsets[c], offsets[c + 1]
+                if hi == lo or cell_start[c + 1] == cell_start[c]:
+                    continue
+                m = 0
+                for p in range(cell_start[c], cell_start[c + 1]):
+                    r = pair_query[p]
+                    if qnorm[r] * bounds[c] * BOUND_MARGIN < _row_threshold(limits[r, 0], one, one_bits):
+                        continue  # nothing in this cell can reach the row's k-th best
+                    rows[m] = r
+                    qbuf[m] = queries[q0 + r]
+                    m += 1
+                if m == 0:
+                    continue
+                w = hi - lo
+                block = flat[:m * w].reshape(m, w)
+                np.dot(qbuf[:m], vectors[lo:hi].T, block)
+                bits = block.view(np.uint32)
+                for a in range(m):
+                    r = rows[a]
+                    e0, e1 = ex_indptr[q0 + r], ex_indptr[q0 + r + 1]
+                    e = _seek(ex_pos, e0, e1, lo)
+                    cnt = counts[r]
+                    limit = limits[r, 0]
+                    thr = _row_threshold(limit, one, one_bits)
+                    for j in range(w):
+                        if block[a, j] >= thr:
+                            pos = lo + j
+                            while e < e1 and ex_pos[e] < pos:
+                                e += 1
+                            if e < e1 and ex_pos[e] == pos:
+                                continue
+                            key = _key(bits[a, j], item_idx[pos])
+                            if key < limit:
+                                bufs[r, cnt] = key
+                                cnt += 1
+                                if cnt == width:
+                                    _select(bufs[r], cnt, kk)
+                                    cnt = kk
+                                    limit = bufs[r, kk - 1]
+                                    thr = _row_threshold(limit, one, one_bits)
+                    counts[r] = cnt
+                    limits[r, 0] = limit
+        exact_end(state, kk, m_tile, keys[q0:q0 + m_tile])
+    return keys
+
+
+@njit(cache=True, nogil=True)
+def nearest_cells(queries, centroids, nprobe, tile_queries=1024):
+    """Each query's `nprobe` nearest cells (B x nprobe int64, nearest first, ties by cell number),
+    as a FAISS IndexFlatL2 over the centroids answers for the query scaled to unit length and
+    augmented with 0: centroids are nlist x (f + 1) in the augmented space of the IVF build.
+    Distances are |u|^2 + |c|^2 - 2 u.c in float32 with u.c from BLAS, as FAISS computes them."""
+    b_total, f = queries.shape
+    nlist = centroids.shape[0]
+    p = min(nprobe, nlist)
+    out = np.full((b_total, nprobe), -1, np.int64)
+    if p <= 0 or b_total == 0:
+        return out
+    head = np.ascontiguousarray(centroids[:, :f])
+    cnorm = np.empty(nlist, np.float32)
+    for c in range(nlist):
+        s = np.float32(0.0)
+        for d in range(centroids.shape[1]):
+            s += centroids[c, d] * centroids[c, d]
+        cnorm[c] = s
+    tq = min(tile_queries, b_total)
+    unit = np.empty((tq, f), np.float32)
+    unorm = np.empty(tq, np.float32)
+    ip = np.empty((tq, nlist), np.float32)
+    dist = np.empty(nlist, np.float32)
+    dbits = dist.view(np.uint32)
+    best = np.empty(p, np.uint64)
+    for q0 in range(0, b_total, tq):
+        m = min(tq, b_total - q0)
+        for r in range(m):
+            s = np.float32(0.0)
+            for d in range(f):
+                s += queries[q0 + r, d] * queries[q0 + r, d]
+            scale = np.float32(1.0) / max(np.sqrt(s), np.float32(1e-12))
+            s = np.float32(0.0)
+            for d in range(f):
+                unit[r, d] = queries[q0 + r, d] * scale
+                s += unit[r, d] * unit[r, d]
+            unorm[r] = s
+        block = ip[:m]
+        np.dot(unit[:m], head.T, block)
+        for r in range(m):
+            for c in range(nlist):
+                dist[c] = unorm[r] + cnorm[c] - np.float32(2.0) * block[r, c]
+            size = 0
+            for c in range(nlist):
+                b = np.uint64(dbits[c])
+                asc = (b ^ np.uint64(0xFFFF_FFFF)) if b & np.uint64(0x8000_0000) else (b ^ np.uint64(0x8000_0000))
+                key = (asc << np.uint64(32)) | np.uint64(c)
+                if size == p:
+                    if key >= best[p - 1]:
+                        continue
+                    j = p - 1
+                else:
+                    j = size
+                    size += 1
+                while j > 0 and best[j - 1] > key:
+                    best[j] = best[j - 1]
+                    j -= 1
+                best[j] = key
+            for j in range(p):
+                out[q0 + r, j] = np.int64(best[j] & np.uint64(0xFFFF_FFFF))
+    return out
+
+
+# --- item_based: summed similarity of the neighbours of a user's recent items ------------------
+
+
+@njit(cache=True, nogil=True)
+def item_based_top_k(neighbours, similarity, recent, seen_indptr, seen_indices, allowed, k):
+    """Each user's top-k unseen allowed items by summed similarity over its recent items' neighbours.
+
+    neighbours / similarity: n_items x N (int64 with -1 pads / float32); recent: B x R item
+    indices (-1 pads); seen_indptr / seen_indices: the batch's seen CSR rows; allowed: bool per
+    item. Neighbour entries that are pads, non-positive, blocked or seen are skipped; a user's
+    total for an item is the float64 sum in (recent, neighbour) order, as recall.candidates'
+    item_based sums it, then rounded to float32. Returns (items int64 B x k, scores float32 B x k)
+    by score descending, ties by item ascending, -1 / -inf pads.
+    """
+    b_total, r_width = recent.shape
+    n_items, width = neighbours.shape
+    items = np.full((b_total, k), -1, np.int64)
+    scores = np.full((b_total, k), -np.inf, np.float32)
+    if k <= 0:
+        return items, scores
+    acc = np.zeros(n_items, np.float64)
+    mark = np.full(n_items, -1, np.int64)  # == b: touched for user b
+    seen = np.full(n_items, -1, np.int64)  # == b: seen by user b
+    touched = np.empty(r_width * width, np.int64)
+    keys = np.empty(max(r_width * width, 1), np.uint64)
+    tmp = np.empty(max(r_width * width, 1), np.uint64)
+    total = np.empty(1, np.float32)
+    total_bits = total.view(np.uint32)
+    for b in range(b_total):
+        for e in range(seen_indptr[b], seen_indptr[b + 1]):
+            seen[seen_indices[e]] = b
+        nt = 0
+        for r in range(r_width):
+            it = recent[b, r]
+            if it < 0:
+                continue
+            for j in range(width):
+                nb = neighbours[it, j]
+                if nb < 0:
+                    continue
+                s = np.float64(similarity[it, j])
+                if not s > 0 or not allowed[nb] or seen[nb] == b:
+                    continue
+                if mark[nb] != b:
+                    mark[nb] = b
+                    acc[nb] = 0.0
+                    touched[nt] = nb
+                    nt += 1
+                acc[nb] += s
+        for t in range(nt):
+            total[0] = np.float32(acc[touched[t]]) + np.float32(0.0)
+            keys[t] = _key(total_bits[0], touched[t])
+        kk = min(k, nt)
+        if nt > kk:
+            _select(keys, nt, kk)
+        _sort(keys, kk, tmp)
+        for t in range(kk):
+            items[b, t] = np.int64(keys[t] & np.uint64(0xFFFF_FFFF))
+            total_bits[0] = _key_bits(keys[t])
+            scores[b, t] = total[0]
+    return items, scores
+
+
+# --- item-kNN from co-occurrence ---------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True)
+def _min_heap_push(hs, hi, size, s, i):
+    """Push (s, i) on a min-heap of (score, item) pairs held in hs / hi (pairs compared as tuples)."""
+    j = size
+    while j > 0:
+        p = (j - 1) >> 1
+        if hs[p] < s or (hs[p] == s and hi[p] < i):
+            break
+        hs[j] = hs[p]
+        hi[j] = hi[p]
+        j = p
+    hs[j] = s
+    hi[j] = i
+
+
+@njit(cache=True, nogil=True)
+def _min_heap_pop(hs, hi, size):
+    """Remove the smallest pair of a min-heap of `size` pairs (size - 1 remain)."""
+    size -= 1
+    s, i = hs[size], hi[size]
+    j = 0
+    while True:
+        c = 2 * j + 1
+        if c >= size:
+            break
+        if c + 1 < size and (hs[c + 1] < hs[c] or (hs[c + 1] == hs[c] and hi[c + 1] < hi[c])):
+            c += 1
+        if s < hs[c] or (s == hs[c] and i < hi[c]):
+            break
+        hs[j] = hs[c]
+        hi[j] = hi[c]
+        j = c
+    if size > 0:
+        hs[j] = s
+        hi[j] = i
+
+
+@njit(cache=True, nogil=True)
+def cooccurrence_top_n(item_indptr, item_users, item_weights, user_indptr, user_items, user_weights, allowed,
+                       n, start, stop, like_implicit):
+    """Top-n co-occurrence neighbours of items start..stop-1: similarity(i, j) = sum over users u
+    of w(u, i) * w(u, j) (float64, users in ascending order as the CSRs give them), neighbours
+    limited to allowed items other than i with a positive similarity.
+
+    item_* is the items x users CSR and user_* the users x items CSR of the same weights (sorted
+    indices). like_implicit: pick as implicit's all_pairs_knn with K = n + 1 does (its heap over
+    the items in its visiting order: ties at the cut go its way, and the item itself or blocked
+    items take places before the restriction), so the result equals recall.recaller's
+    cooccurrence_neighbours on implicit; otherwise the n best by (float32 similarity desc, item
+    asc) among the allowed items. Returns (items int64 rows x n, -1 pads; scores float32, -inf).
+    """
+    rows = stop - start
+    n_items = allowed.shape[0]
+    items = np.full((rows, n), -1, np.int64)
+    scores = np.full((rows, n), -np.inf, np.float32)
+    if n <= 0:
+        return items, scores
+    acc = np.zeros(n_items, np.float64)
+    mark = np.zeros(n_items, np.bool_)
+    touched = np.empty(n_items, np.int64)
+    big_k = n + 1
+    hs = np.empty(big_k, np.float64)
+    hi = np.empty(big_k, np.int64)
+    keys = np.empty(n_items + 1, np.uint64)
+    tmp = np.empty(n_items + 1, np.uint64)
+    one = np.empty(1, np.float32)
+    one_bits = one.view(np.uint32)
+    for i in range(start, stop):
+        nt = 0
+        for a in range(item_indptr[i], item_indptr[i + 1]):
+            u = item_users[a]
+            w1 = item_weights[a]
+            for b in range(user_indptr[u], user_indptr[u + 1]):
+                j = user_items[b]
+                acc[j] += user_weights[b] * w1
+                if not mark[j]:
+                    mark[j] = True
+                    touched[nt] = j
+                    nt += 1
+        cnt = 0
+        if like_implicit:
+            size = 0
+            for t in range(nt - 1, -1, -1):  # implicit walks its list from the last item touched
+                j = touched[t]
+                s = acc[j]
+                if size < big_k or s > hs[0]:
+                    if size >= big_k:
+                        _min_heap_pop(hs, hi, size)
+                        size -= 1
+                    _min_heap_push(hs, hi, size, s, j)
+                    size += 1
+            for t in range(size):
+                j = hi[t]
+                if j != i and allowed[j] and hs[t] > 0:
+                    one[0] = np.float32(hs[t])
+                    keys[cnt] = _key(one_bits[0], j)
+                    cnt += 1
+        else:
+            for t in range(nt):
+                j = touched[t]
+                if j != i and allowed[j] and acc[j] > 0:
+                    one[0] = np.float32(acc[j])
+                    keys[cnt] = _key(one_bits[0], j)
+                    cnt += 1
+        for t in range(nt):
+            acc[touched[t]] = 0.0
+            mark[touched[t]] = False
+        kk = min(n, cnt)
+        if cnt > kk:
+            _select(keys, cnt, kk)
+        _sort(keys, kk, tmp)
+        for t in range(kk):
+            items[i - start, t] = np.int64(keys[t] & np.uint64(0xFFFF_FFFF))
+            one_bits[0] = _key_bits(keys[t])
+            scores[i - start, t] = one[0]
+    return items, scores
+
+
+@njit(cache=True, nogil=True)
+def cap_rows(indptr, indices, data, priority, cap):
+    """A CSR with at most `cap` entries per row: each row keeps its entries of highest priority
+    (ties: lower column first), columns stay sorted. Returns (indptr, indices, data)."""
+    rows = indptr.shape[0] - 1
+    out_ptr = np.zeros(rows + 1, np.int64)
+    for r in range(rows):
+        out_ptr[r + 1] = out_ptr[r] + min(cap, indptr[r + 1] - indptr[r])
+    out_idx = np.empty(out_ptr[rows], indices.dtype)
+    out_data = np.empty(out_ptr[rows], data.dtype)
+    for r in range(rows):
+        lo, hi = indptr[r], indptr[r + 1]
+        at = out_ptr[r]
+        if hi - lo <= cap:
+            out_idx[at:at + hi - lo] = indices[lo:hi]
+            out_data[at:at + hi - lo] = data[lo:hi]
+            continue
+        order = np.argsort(-priority[lo:hi], kind="mergesort")[:cap]  # stable: lower column first on ties
+        order.sort()
+        for t in range(cap):
+            out_idx[at + t] = indices[lo + order[t]]
+            out_data[at + t] = data[lo + order[t]]
+    return out_ptr, out_idx, out_data
+
+
+# --- thread drivers ------------------------------------------------------------------------------
+
+
+def in_chunks(n: int, chunk: int, threads: int, run) -> None:
+    """Call run(start, stop) over [0, n) in chunks, on `threads` threads (the kernels release the
+    GIL), BLAS pinned to one thread so the threads do not oversubscribe the cores."""
+    from threadpoolctl import threadpool_limits
+
+    starts = range(0, n, max(1, chunk))
+    with threadpool_limits(limits=1, user_api="blas"):
+        if threads <= 1 or n <= chunk:
+            for s in starts:
+                run(s, min(s + chunk, n))
+        else:
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                for f in [pool.submit(run, s, min(s + chunk, n)) for s in starts]:
+                    f.result()
+
+
+def exclusion_lists(exclude, item_idx: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """(indptr, positions) of a CSR matrix of excluded item indices (one row per query, or None),
+    mapped to index positions, sorted within each row; items not in the index are dropped."""
+    if exclude is None:
+        return np.zeros(rows + 1, np.int64), np.zeros(0, np.int64)
+    if exclude.shape[0] != rows:
+        raise ValueError(f"exclude has {exclude.shape[0]} rows for {rows} queries")
+    position = np.full(max(int(item_idx.max(initial=-1)) + 1, exclude.shape[1]), -1, np.int64)
+    position[item_idx] = np.arange(item_idx.size)
+    return excluded_positions(exclude.indptr.astype(np.int64), exclude.indices.astype(np.int64), position)
+
+
+def exact_search(queries: np.ndarray, vectors: np.ndarray, item_idx: np.ndarray, k: int,
+                 ex_indptr: np.ndarray, ex_pos: np.ndarray, bounds: np.ndarray | None = None,
+                 threads: int = 1, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """exact_top_k over `threads` threads, `chunk` queries a task. bounds: norm_bounds(vectors)
+    (computed when None; pass np.full(n + 1, np.inf) to scan every item as today's search does)."""
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    bounds = norm_bounds(vectors) if bounds is None else bounds
+    keys = np.empty((len(q), max(k, 0)), np.uint64)
+
+    def run(a: int, b: int) -> None:
+        keys[a:b] = exact_top_k_keys(q[a:b], vectors, item_idx, k, ex_indptr[a:b + 1], ex_pos, bounds)
+
+    in_chunks(len(q), chunk, threads, run)
+    return unpack_keys(keys)
+
+
+def ivf_search(queries: np.ndarray, probes: np.ndarray, offsets: np.ndarray, vectors: np.ndarray,
+               item_idx: np.ndarray, k: int, ex_indptr: np.ndarray, ex_pos: np.ndarray,
+               bounds: np.ndarray | None = None, threads: int = 1, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """ivf_top_k_keys over `threads` threads. bounds: cell_bounds(vectors, offsets) (computed when None)."""
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    probes = np.ascontiguousarray(probes, dtype=np.int64)
+    offsets = offsets.astype(np.int64)
+    bounds = cell_bounds(vectors, offsets) if bounds is None else bounds
+    keys = np.empty((len(q), max(k, 0)), np.uint64)
+
+    def run(a: int, b: int) -> None:
+        keys[a:b] = ivf_top_k_keys(q[a:b], probes[a:b], offsets, vectors, item_idx, k, ex_indptr[a:b + 1], ex_pos,
+                                   bounds)
+
+    in_chunks(len(q), chunk, threads, run)
+    return unpack_keys(keys)
+
+
+def probe_cells(queries: np.ndarray, centroids: np.ndarray, nprobe: int, threads: int = 1,
+                chunk: int = 8192) -> np.ndarray:
+    """nearest_cells over `threads` threads."""
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+    out = np.empty((len(q), max(nprobe, 0)), np.int64)
+
+    def run(a: int, b: int) -> None:
+        out[a:b] = nearest_cells(q[a:b], centroids, nprobe)
+
+    in_chunks(len(q), chunk, threads, run)
+    return out
+
+
+def item_based(neighbours: np.ndarray, similarity: np.ndarray, recent: np.ndarray, seen, allowed: np.ndarray,
+               k: int, threads: int = 1, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """item_based_top_k for a batch whose seen rows are the CSR `seen` (len(recent) rows)."""
+    b = len(recent)
+    items = np.empty((b, max(k, 0)), np.int64)
+    scores = np.empty((b, max(k, 0)), np.float32)
+    indptr, indices = seen.indptr.astype(np.int64), seen.indices.astype(np.int64)
+    recent = np.ascontiguousarray(recent, dtype=np.int64)
+    neighbours = np.ascontiguousarray(neighbours, dtype=np.int64)
+    similarity = np.ascontiguousarray(similarity, dtype=np.float32)
+    allowed = np.ascontiguousarray(allowed, dtype=np.bool_)
+
+    def run(a: int, c: int) -> None:
+        items[a:c], scores[a:c] = item_based_top_k(neighbours, similarity, recent[a:c], indptr[a:c + 1] - 0,
+                                                   indices, allowed, k)
+
+    in_chunks(b, chunk, threads, run)
+    return items, scores
+
+
+def cooccurrence_weights(user_items, kind: str, k1: float = 1.2, b: float = 0.75):
+    """The users x items weights implicit's recommenders fit on (BM25: bm25_weight over item rows;
+    cosine: item rows scaled to unit length), computed by implicit's own functions, float64 CSR."""
+    import scipy.sparse as sp
+    from implicit.nearest_neighbours import bm25_weight, normalize
+
+    counts = user_items.tocsr()
+    if kind == "bm25":
+        weighted = bm25_weight(counts.T, k1, b).T
+    elif kind == "cosine":
+        weighted = normalize(counts.T).T
+    else:
+        raise ValueError(f"unknown co-occurrence similarity {kind!r}")
+    out = sp.csr_matrix(weighted, dtype=np.float64)
+    out.sort_indices()
+    return out
+
+
+def item_knn(user_items, kind: str, n: int, allowed: np.ndarray, max_user_items: int = 0,
+             priority: np.ndarray | None = None, like_implicit: bool = True, threads: int = 1,
+             chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """Top-n co-occurrence neighbours of every item (n_items x n), as recall.recaller's
+    cooccurrence_neighbours computes them with implicit (kind: bm25 or cosine).
+
+    max_user_items > 0 caps each user's row at its `max_user_items` entries of highest `priority`
+    (an array aligned with user_items.data, e.g. the last time of each pair; default: the weight)
+    after weighting: a user with d items costs d^2 updates, so the heaviest users dominate the
+    cost while adding least to any one item's neighbours.
+    """
+    import scipy.sparse as sp
+
+    weights = cooccurrence_weights(user_items, kind)
+    if max_user_items > 0:
+        counts = user_items.tocsr()
+        counts.sort_indices()
+        prio = weights.data if priority is None else np.asarray(priority, np.float64)
+        if prio.shape != weights.data.shape:
+            raise ValueError("priority must align with the matrix entries")
+        ptr, idx, data = cap_rows(weights.indptr.astype(np.int64), weights.indices, weights.data, prio, max_user_items)
+        weights = sp.csr_matrix((data, idx, ptr), shape=weights.shape)
+    items_t = weights.T.tocsr()
+    items_t.sort_indices()
+    n_items = weights.shape[1]
+    allowed = np.ascontiguousarray(allowed, dtype=np.bool_)
+    out_items = np.empty((n_items, max(n, 0)), np.int64)
+    out_scores = np.empty((n_items, max(n, 0)), np.float32)
+    args = (items_t.indptr.astype(np.int64), items_t.indices.astype(np.int64), items_t.data,
+            weights.indptr.astype(np.int64), weights.indices.astype(np.int64), weights.data, allowed, n)
+
+    def run(a: int, b: int) -> None:
+        out_items[a:b], out_scores[a:b] = cooccurrence_top_n(*args, a, b, like_implicit)
+
+    in_chunks(n_items, chunk, threads, run)
+    return out_items, out_scores
