@@ -77,19 +77,26 @@ def _unpack_rows(keys, items, scores):
 
 @njit(cache=True, nogil=True)
 def _select(a, n, k):
-    """Rearrange a[:n] (distinct keys) so that a[:k] are its k smallest and a[k - 1] the largest
-    of them: quickselect with a branch-free partition (every element swapped, the split advanced
+    """Rearrange a[:n] so that a[:k] are its k smallest and a[k - 1] the largest of them: quickselect with a branch-free partition (every element swapped, the split advanced
     by the comparison), which costs a third of a branching one on unpredictable keys."""
     lo, hi, target = 0, n, k - 1
     while hi - lo > 24:
         x, y, z = a[lo], a[(lo + hi) >> 1], a[hi - 1]
-        pivot = max(min(x, y), min(max(x, y), z))  # the median of three distinct keys: lo < split < hi
+        pivot = max(min(x, y), min(max(x, y), z))  # median of three: lo < split < hi for distinct keys
         split = lo
         for i in range(lo, hi):
             v = a[i]
             a[i] = a[split]
             a[split] = v
             split += v < pivot
+        if split == lo:  # repeated keys (not in the kernels' own use): the pivot's copies go first
+            for i in range(lo, hi):
+                v = a[i]
+                a[i] = a[split]
+                a[split] = v
+                split += v == pivot
+            if target < split:
+                return
         if target < split:
             hi = split
         else:
@@ -808,17 +815,52 @@ def exclusion_lists(exclude, item_idx: np.ndarray, rows: int) -> tuple[np.ndarra
     return excluded_positions(exclude.indptr.astype(np.int64), exclude.indices.astype(np.int64), position)
 
 
+def exact_keys_numpy_product(queries: np.ndarray, vectors: np.ndarray, item_idx: np.ndarray, k: int,
+                             ex_indptr: np.ndarray, ex_pos: np.ndarray, bounds: np.ndarray,
+                             tile_queries: int = TILE_QUERIES, tile_items: int = TILE_ITEMS) -> np.ndarray:
+    """exact_top_k_keys with the products taken by numpy's np.matmul (numpy's own BLAS, the one
+    recall.index calls) and only the selection compiled: with recall.index's tiles and no early
+    stop, the very products today's search computes, so its results bit for bit."""
+    b_total, n = len(queries), len(vectors)
+    keys = np.full((b_total, max(k, 0)), PAD, np.uint64)
+    kk = min(k, n)
+    if kk <= 0 or b_total == 0:
+        return keys
+    tq = min(tile_queries, b_total)
+    flat = np.empty(tq * tile_items, np.float32)
+    state = exact_state(tq, kk)
+    active = state[5]
+    for q0 in range(0, b_total, tq):
+        m = rows = exact_begin(queries, q0, ex_indptr, state)
+        qt = queries[q0:q0 + rows]
+        for i0 in range(0, n, tile_items):
+            if m == 0:
+                break
+            i1 = min(i0 + tile_items, n)
+            block = flat[:m * (i1 - i0)].reshape(m, i1 - i0)
+            np.matmul(qt if m == rows else qt[active[:m]], vectors[i0:i1].T, out=block)
+            m = exact_offer_block(block, i0, item_idx, q0, ex_indptr, ex_pos, kk, bounds[i1], state, m)
+        exact_end(state, kk, rows, keys[q0:q0 + rows])
+    return keys
+
+
 def exact_search(queries: np.ndarray, vectors: np.ndarray, item_idx: np.ndarray, k: int,
                  ex_indptr: np.ndarray, ex_pos: np.ndarray, bounds: np.ndarray | None = None,
-                 threads: int = 1, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """exact_top_k over `threads` threads, `chunk` queries a task. bounds: norm_bounds(vectors)
-    (computed when None; pass np.full(n + 1, np.inf) to scan every item as today's search does)."""
+                 threads: int = 1, chunk: int = 4096, product: str = "numba", tile_queries: int = TILE_QUERIES,
+                 tile_items: int = TILE_ITEMS) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k over `threads` threads, `chunk` queries a task; (items, scores) B x k.
+
+    bounds: norm_bounds(vectors), computed when None; np.full(n + 1, np.inf) scans every item as
+    today's search does. product: "numba" (exact_top_k_keys: the whole loop compiled, np.dot on
+    the BLAS numba links, SciPy's) or "numpy" (exact_keys_numpy_product: numpy's BLAS)."""
     q = np.ascontiguousarray(queries, dtype=np.float32)
     bounds = norm_bounds(vectors) if bounds is None else bounds
     keys = np.empty((len(q), max(k, 0)), np.uint64)
+    kernel = exact_top_k_keys if product == "numba" else exact_keys_numpy_product
 
     def run(a: int, b: int) -> None:
-        keys[a:b] = exact_top_k_keys(q[a:b], vectors, item_idx, k, ex_indptr[a:b + 1], ex_pos, bounds)
+        keys[a:b] = kernel(q[a:b], vectors, item_idx, k, ex_indptr[a:b + 1], ex_pos, bounds, tile_queries,
+                           tile_items)
 
     in_chunks(len(q), chunk, threads, run)
     return unpack_keys(keys)
