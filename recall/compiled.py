@@ -19,12 +19,12 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 PAD = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
 TILE_QUERIES = 256  # exact: queries scored together (their block of scores stays in L2)
 TILE_ITEMS = 2048  # exact: items per product
-IVF_TILE_QUERIES = 2048  # ivf: queries whose probes are grouped by cell
+IVF_TILE_QUERIES = 4096  # ivf: queries whose probes are grouped by cell
 IVF_BUFFER = 4  # ivf: a row's buffer holds 4k keys (most probed items pass while it fills)
 CHUNK = 32  # scores checked against the threshold at once before any is looked at alone
 
@@ -782,6 +782,38 @@ def cap_rows(indptr, indices, data, priority, cap):
             out_idx[at + t] = indices[lo + order[t]]
             out_data[at + t] = data[lo + order[t]]
     return out_ptr, out_idx, out_data
+
+
+# --- numba's own threads (parallel=True), measured against the thread-pool drivers below --------
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def exact_top_k_keys_parallel(queries, vectors, item_idx, k, ex_indptr, ex_pos, bounds, chunk=4096):
+    """exact_top_k_keys over chunks of queries on numba's threads (prange)."""
+    b_total = queries.shape[0]
+    keys = np.empty((b_total, k), np.uint64)
+    chunks = (b_total + chunk - 1) // chunk
+    for c in prange(chunks):
+        a = c * chunk
+        b = min(a + chunk, b_total)
+        keys[a:b] = exact_top_k_keys(queries[a:b], vectors, item_idx, k, ex_indptr[a:b + 1], ex_pos, bounds,
+                                     TILE_QUERIES, TILE_ITEMS)
+    return keys
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def ivf_top_k_keys_parallel(queries, probes, offsets, vectors, item_idx, k, ex_indptr, ex_pos, bounds,
+                            chunk=4096):
+    """ivf_top_k_keys over chunks of queries on numba's threads (prange)."""
+    b_total = queries.shape[0]
+    keys = np.empty((b_total, k), np.uint64)
+    chunks = (b_total + chunk - 1) // chunk
+    for c in prange(chunks):
+        a = c * chunk
+        b = min(a + chunk, b_total)
+        keys[a:b] = ivf_top_k_keys(queries[a:b], probes[a:b], offsets, vectors, item_idx, k, ex_indptr[a:b + 1],
+                                   ex_pos, bounds, IVF_TILE_QUERIES, 1)
+    return keys
 
 
 # --- thread drivers ------------------------------------------------------------------------------
