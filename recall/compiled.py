@@ -21,6 +21,37 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from numba import njit, prange
 
+
+
+def _jit(**options):
+    """numba.njit with nogil and numba's on-disk cache (every CLI run is a new process): kept in
+    __pycache__ beside this file, else in the user's cache folder, or NUMBA_CACHE_DIR when set.
+    Where none of those can be written numba refuses cache=True outright; the kernels are then
+    compiled in memory in each process instead (correct, only slower to start)."""
+    def wrap(fn):
+        try:
+            return njit(cache=True, nogil=True, **options)(fn)
+        except RuntimeError as exc:  # "cannot cache function ...: no locator available"
+            if "cannot cache" not in str(exc):
+                raise
+            _warn_uncached(str(exc))
+            return njit(cache=False, nogil=True, **options)(fn)
+    return wrap
+
+
+_WARNED: list[str] = []
+
+
+def _warn_uncached(reason: str) -> None:
+    if not _WARNED:
+        import warnings
+
+        _WARNED.append(reason)
+        warnings.warn(f"recall.compiled: no writable numba cache folder ({reason}); compiling in memory. "
+                      "Set NUMBA_CACHE_DIR to a writable folder to keep compiled kernels between runs.",
+                      RuntimeWarning, stacklevel=3)
+
+
 PAD = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
 TILE_QUERIES = 256  # exact: queries scored together (their block of scores stays in L2)
 TILE_ITEMS = 2048  # exact: items per product
@@ -32,7 +63,7 @@ CHUNK = 32  # scores checked against the threshold at once before any is looked 
 # key = (score bits mapped to descending uint32) << 32 | item: ascending keys = best first.
 
 
-@njit(cache=True, nogil=True, inline="always")
+@_jit(inline="always")
 def _key(bits, item):
     """The packed key of a float32's raw bits (uint32) and an item index (as recall.index.pack)."""
     b = np.uint64(bits)
@@ -43,7 +74,7 @@ def _key(bits, item):
     return (desc << np.uint64(32)) | np.uint64(np.uint32(item))
 
 
-@njit(cache=True, nogil=True, inline="always")
+@_jit(inline="always")
 def _key_bits(key):
     """The float32 bits (uint32) held in a key."""
     desc = key >> np.uint64(32)
@@ -52,7 +83,7 @@ def _key_bits(key):
     return np.uint32(desc ^ np.uint64(0x7FFF_FFFF))
 
 
-@njit(cache=True, nogil=True)
+@_jit()
 def _unpack_rows(keys, items, scores):
     """Sorted keys -> items (-1 pads) and scores (-inf pads); non-finite scores count as pads."""
     bits = scores.view(np.uint32)
@@ -75,7 +106,7 @@ def _unpack_rows(keys, items, scores):
 # far less than a heap insert, and the kept set is the k smallest keys whatever the order they came.
 
 
-@njit(cache=True, nogil=True)
+@_jit()
 def _select(a, n, k):
     """Rearrange a[:n] so that a[:k] are its k smallest and a[k - 1] the largest of them: quickselect with a branch-free partition (every element swapped, the split advanced
     by the comparison), which costs a third of a branching one on unpredictable keys."""
@@ -104,7 +135,7 @@ def _select(a, n, k):
     _insertion_sort(a, lo, hi)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@_jit(inline="always")
 def _insertion_sort(a, lo, hi):
     for i in range(lo + 1, hi):
         v = a[i]
@@ -115,7 +146,7 @@ def _insertion_sort(a, lo, hi):
         a[j] = v
 
 
-@njit(cache=True, nogil=True)
+@_jit()
 def _sort(a, n, tmp):
     """Sort a[:n] ascending (tmp: scratch of at least n): runs of 8 by insertion, then merged
     with a branch-free merge (twice as fast as np.sort on a hundred keys)."""
@@ -153,20 +184,20 @@ def _sort(a, n, tmp):
         a[:n] = tmp[:n]
 
 
-@njit(cache=True, nogil=True, inline="always")
+@_jit(inline="always")
 def _bits_to_float(bits, one, one_bits):
     one_bits[0] = bits
     return one[0]
 
 
-@njit(cache=True, nogil=True, inline="always")
+@_jit(inline="always")
 def _row_threshold(limit, one, one_bits):
     if limit == PAD:
         return np.float32(-np.inf)
     return _bits_to_float(_key_bits(limit), one, one_bits)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@_jit(inline="always")
 def _seek(ex_pos, e, e1, pos):
     """The first index in ex_pos[e:e1] (sorted) whose value is >= pos."""
     if e1 - e > 16:
@@ -176,7 +207,7 @@ def _seek(ex_pos, e, e1, pos):
     return e
 
 
-@njit(cache=True, nogil=True)
+@_jit()
 def _scan(block, bits, a, w, lo, item_idx, bufs, r, counts, limits, k, ex_pos, e, e1, one, one_bits):
     """Offer block[a, :w] (index positions lo...) to row r's buffer, excluded positions skipped.
 
@@ -218,7 +249,7 @@ def _scan(block, bits, a, w, lo, item_idx, bufs, r, counts, limits, k, ex_pos, e
     return e
 
 
-@njit(cache=True, nogil=True)
+@_jit()
 def _finish(buf, cnt, k, out, tmp):
     """A row's k best keys, sorted, PAD after the last."""
     if cnt > k:
@@ -232,7 +263,7 @@ def _finish(buf, cnt, k, out, tmp):
 # --- exact search ----------------------------------------------------------------------------
 
 
-@njit(cache=True, nogil=True)
+@_jit()
 def norm_bounds(vectors):
     """bounds[i] = the largest L2 norm among vectors[i:] (float64, bounds[n] = 0): no item at a
     position >= i can score above |q| * bounds[i] (Cauchy-Schwarz)."""
@@ -251,7 +282,7 @@ def norm_bounds(vectors):
 BOUND_MARGIN = 1.0 + 1e-3
 
 
-@njit(cache=True, nogil=True)
+@_jit()
 def exact_state(rows, k, width=2):
     """Per-row working arrays of the search for a tile of `rows` queries and k >= 1 (each row's
     buffer holds width * k keys)."""
@@ -259,7 +290,7 @@ def exact_state(rows, k, width=2):
             np.empty(rows, np.int64), np.empty(rows, np.float64), np.empty(rows, np.int64))
 
 
-@njit(cache=True, nogil=True)
+@_jit()
 def exact_begin(queries, q0, ex_indptr, state):
     """Reset the state for the queries[q0:q0 + rows] tile; returns the active row list and count."""
     bufs, counts, limits, cursor, qnorm, active = state
@@ -276,7 +307,7 @@ def exact_begin(queries, q0, ex_indptr, state):
     return m
 
 
-@njit(cache=True, nogil=True)
+@_jit()
 def exact_offer_block(block, i0, item_idx, q0, ex_indptr, ex_pos, k, bound_next, state, m):
     """Offer a block of scores (row a = active query active[a], columns = positions i0...) to the
     rows' top-k; rows that no later item can improve (|q| * bound_next below their k-th best) stop.
@@ -299,7 +330,7 @@ def exact_offer_block(block, i0, item_idx, q0, ex_indptr, ex_pos, k, bound_next,
     return kept
 
 
-@njit(cache=True, nogil=True)
+@_jit()
 def exact_end(state, k, rows, keys_out):
     bufs, counts = state[0], state[1]
     tmp = np.empty(bufs.shape[1], np.uint64)
@@ -307,7 +338,7 @@ def exact_end(state, k, rows, keys_out):
         _finish(bufs[r], counts[r], k, keys_out[r], tmp)
 
 
-@njit(cache=True, nogil=True)
+@_jit()
 def exact_top_k_keys(queries, vectors, item_idx, k, ex_indptr, ex_pos, bounds, tile_queries=TILE_QUERIES,
                      tile_items=TILE_ITEMS):
     """Packed keys (B x k, ascending = best first, PAD where fewer) of each query's top-k items.
@@ -347,7 +378,7 @@ def exact_top_k_keys(queries, vectors, item_idx, k, ex_indptr, ex_pos, bounds, t
     return keys
 
 
-@njit(cache=True, nogil=True)
+@_jit()
 def unpack_keys(keys):
     """(items int64 with -1 pads, scores float32 with -inf pads) of B x k packed keys."""
     items = np.empty(keys.shape, np.int64)
@@ -356,7 +387,7 @@ def unpack_keys(keys):
     return items, scores
 
 
-@njit(cache=True, nogil=True)
+@_jit()
 def exact_top_k(queries, vectors, item_idx, k, ex_indptr, ex_pos, bounds, tile_queries=TILE_QUERIES,
                 tile_items=TILE_ITEMS):
     """Each query's top-k (items int64 B x k, scores float32 B x k) by inner product over all
@@ -365,7 +396,7 @@ def exact_top_k(queries, vectors, item_idx, k, ex_indptr, ex_pos, bounds, tile_q
                                         tile_queries, tile_items))
 
 
-@njit(cache=True, nogil=True)
+@_jit()
 def excluded_positions(indptr, indices, position):
     """Per row of a CSR matrix of item indices (indptr, indices), the index positions of its items
     (position: item -> position, -1 where the item is not indexed), sorted; as (indptr, positions)."""
@@ -390,7 +421,7 @@ def excluded_positions(indptr, indices, position):
 # --- IVF (approximate) search ----------------------------------------------------------------
 
 
-@njit(cache=True, nogil=True)
+@_jit()
 def cell_bounds(vectors, offsets):
     """The largest L2 norm (float64) of each cell's vectors; 0 for an empty cell."""
     nlist = offsets.shape[0] - 1
@@ -406,7 +437,7 @@ def cell_bounds(vectors, offsets):
     return out
 
 
-@njit(cache=True, nogil=True)
+@_jit()
 def ivf_top_k_keys(queries, probes, offsets, vectors, item_idx, k, ex_indptr, ex_pos, bounds,
                    tile_queries=IVF_TILE_QUERIES, near=1):
     """Packed keys (B x k) of each query's top-k among the items of its probed cells.
@@ -511,7 +542,7 @@ def ivf_top_k_keys(queries, probes, offsets, vectors, item_idx, k, ex_indptr, ex
     return keys
 
 
-@njit(cache=True, nogil=True)
+@_jit()
 def nearest_cells(queries, centroids, nprobe, tile_queries=1024):
     """Each query's `nprobe` nearest cells (B x nprobe int64, nearest first, ties by cell number),
     as a FAISS IndexFlatL2 over the centroids answers for the query scaled to unit length and
@@ -578,7 +609,7 @@ def nearest_cells(queries, centroids, nprobe, tile_queries=1024):
 # --- item_based: summed similarity of the neighbours of a user's recent items ------------------
 
 
-@njit(cache=True, nogil=True)
+@_jit()
 def item_based_top_k(neighbours, similarity, recent, seen_indptr, seen_indices, allowed, k):
     """Each user's top-k unseen allowed items by summed similarity over its recent items' neighbours.
 
@@ -641,7 +672,7 @@ def item_based_top_k(neighbours, similarity, recent, seen_indptr, seen_indices, 
 # --- item-kNN from co-occurrence ---------------------------------------------------------------
 
 
-@njit(cache=True, nogil=True)
+@_jit()
 def _min_heap_push(hs, hi, size, s, i):
     """Push (s, i) on a min-heap of (score, item) pairs held in hs / hi (pairs compared as tuples)."""
     j = size
@@ -656,7 +687,7 @@ def _min_heap_push(hs, hi, size, s, i):
     hi[j] = i
 
 
-@njit(cache=True, nogil=True)
+@_jit()
 def _min_heap_pop(hs, hi, size):
     """Remove the smallest pair of a min-heap of `size` pairs (size - 1 remain)."""
     size -= 1
@@ -678,7 +709,7 @@ def _min_heap_pop(hs, hi, size):
         hi[j] = i
 
 
-@njit(cache=True, nogil=True)
+@_jit()
 def cooccurrence_top_n(item_indptr, item_users, item_weights, user_indptr, user_items, user_weights, allowed,
                        n, start, stop, like_implicit):
     """Top-n co-occurrence neighbours of items start..stop-1: similarity(i, j) = sum over users u
@@ -759,7 +790,7 @@ def cooccurrence_top_n(item_indptr, item_users, item_weights, user_indptr, user_
     return items, scores
 
 
-@njit(cache=True, nogil=True)
+@_jit()
 def cap_rows(indptr, indices, data, priority, cap):
     """A CSR with at most `cap` entries per row: each row keeps its entries of highest priority
     (ties: lower column first), columns stay sorted. Returns (indptr, indices, data)."""
@@ -787,7 +818,7 @@ def cap_rows(indptr, indices, data, priority, cap):
 # --- numba's own threads (parallel=True), measured against the thread-pool drivers below --------
 
 
-@njit(cache=True, nogil=True, parallel=True)
+@_jit(parallel=True)
 def exact_top_k_keys_parallel(queries, vectors, item_idx, k, ex_indptr, ex_pos, bounds, chunk=4096):
     """exact_top_k_keys over chunks of queries on numba's threads (prange)."""
     b_total = queries.shape[0]
@@ -801,7 +832,7 @@ def exact_top_k_keys_parallel(queries, vectors, item_idx, k, ex_indptr, ex_pos, 
     return keys
 
 
-@njit(cache=True, nogil=True, parallel=True)
+@_jit(parallel=True)
 def ivf_top_k_keys_parallel(queries, probes, offsets, vectors, item_idx, k, ex_indptr, ex_pos, bounds,
                             chunk=4096):
     """ivf_top_k_keys over chunks of queries on numba's threads (prange)."""

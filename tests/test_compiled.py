@@ -429,3 +429,35 @@ def test_select_and_sort_with_repeated_keys(values, data):
     tmp = np.empty_like(buf)
     C._sort(buf, k, tmp)
     np.testing.assert_array_equal(buf[:k], np.sort(keys)[:k])
+
+
+# --- numba's cache ---------------------------------------------------------------------------------
+
+
+def test_no_writable_cache_folder_compiles_in_memory(tmp_path):
+    """numba refuses cache=True where it can write no cache folder: the module then compiles in
+    memory, with one warning, instead of failing at import. Simulated without permissions (the
+    tests may run as root): __pycache__ is a file, and the other cache folders lie under one."""
+    import shutil
+    import subprocess
+    import sys
+
+    pkg = tmp_path / "recall"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    shutil.copy(C.__file__, pkg / "compiled.py")
+    (pkg / "__pycache__").write_text("not a folder")
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    code = ("import numpy as np, warnings\n"
+            "warnings.simplefilter('always')\n"
+            "from recall import compiled as C\n"
+            "p, pos = C.excluded_positions(np.array([0, 2]), np.array([1, 0]), np.array([1, 0]))\n"
+            "print(pos.tolist())\n")
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path), "NUMBA_CACHE_DIR": str(blocked / "numba"),
+           "XDG_CACHE_HOME": str(blocked / "xdg"), "HOME": str(blocked / "home"), "PYTHONDONTWRITEBYTECODE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[0, 1]"
+    assert out.stderr.count("no writable numba cache folder") == 1
