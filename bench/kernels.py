@@ -24,6 +24,11 @@ from bench import gen
 from bench.run import RUN_DATE, Options, write_spec
 
 
+# queries per task of the thread pool: fixed (not batch / threads) so that which rows share a BLAS
+# call, and so every score's rounding, does not depend on the thread count
+CHUNK = 2048
+
+
 @dataclass
 class Inputs:
     users: np.ndarray  # float32 n_users x f
@@ -167,7 +172,7 @@ def run(size: str, work: Path, threads: int, k: int, batch: int, caps: list[int]
     def compiled_exact(u, kind="numba", bounds=bounds, **kw):
         ex = C.exclusion_lists(seen[u], exact.item_idx, u.size)
         return C.exact_search(users[u], exact.vectors, exact.item_idx, k, *ex, bounds, threads=threads,
-                              chunk=-(-u.size // threads), product=kind, **kw)
+                              chunk=CHUNK, product=kind, **kw)
 
     _, t_bounds = timed(C.norm_bounds, exact.vectors)
     show("     norm bounds (once per index build)", t_bounds)
@@ -182,7 +187,7 @@ def run(size: str, work: Path, threads: int, k: int, batch: int, caps: list[int]
         def par(u):
             ex = C.exclusion_lists(seen[u], exact.item_idx, u.size)
             return C.unpack_keys(C.exact_top_k_keys_parallel(users[u], exact.vectors, exact.item_idx, k, *ex, bounds,
-                                                             -(-u.size // threads)))
+                                                             CHUNK))
         got_par, t = timed(lambda: stack(in_batches(n_users, batch, par)))
     show("(iii) compiled exact, numba product, parallel=True (prange)", t, f"{t.wall / product.wall:.2f}x product wall")
     same_tiles = np.full(n_items + 1, np.inf)
@@ -236,7 +241,7 @@ def run(size: str, work: Path, threads: int, k: int, batch: int, caps: list[int]
          f"exact/approx {t_today.wall / t_today_ivf.wall:.2f}x (today's exact)")
 
     def compiled_ivf(u):
-        per = -(-u.size // threads)
+        per = CHUNK
         probes = C.probe_cells(users[u], centroids, approx.nprobe, threads=threads, chunk=per)
         ex = C.exclusion_lists(seen[u], approx.item_idx, u.size)
         return C.ivf_search(users[u], probes, approx.offsets, approx.vectors, approx.item_idx, k, *ex, cbounds,
@@ -258,11 +263,11 @@ def run(size: str, work: Path, threads: int, k: int, batch: int, caps: list[int]
          f"same set {np.mean((np.sort(probes_all, 1) == np.sort(faiss_probes, 1)).all(1)):.5f}")
 
     def par_ivf(u):
-        probes = C.probe_cells(users[u], centroids, approx.nprobe, threads=threads, chunk=-(-u.size // threads))
+        probes = C.probe_cells(users[u], centroids, approx.nprobe, threads=threads, chunk=CHUNK)
         ex = C.exclusion_lists(seen[u], approx.item_idx, u.size)
         return C.unpack_keys(C.ivf_top_k_keys_parallel(users[u], probes, approx.offsets.astype(np.int64),
                                                        approx.vectors, approx.item_idx, k, *ex, cbounds,
-                                                       -(-u.size // threads)))
+                                                       CHUNK))
 
     with threadpool_limits(limits=1, user_api="blas"):
         par_ivf(warm)
@@ -283,7 +288,7 @@ def run(size: str, work: Path, threads: int, k: int, batch: int, caps: list[int]
     t_today_ib = t
     C.item_based(nb, sim, recent[warm], seen[warm], allowed, k)
     got_ib, t = timed(lambda: stack(in_batches(n_users, batch, lambda u: C.item_based(
-        nb, sim, recent[u], seen[u], allowed, k, threads=threads, chunk=-(-u.size // threads)))))
+        nb, sim, recent[u], seen[u], allowed, k, threads=threads, chunk=CHUNK))))
     show("(v) compiled item_based", t, f"{t_today_ib.wall / t.wall:.1f}x faster; "
          f"identical: {np.array_equal(got_ib[0], want_ib[0]) and np.array_equal(got_ib[1], want_ib[1])}")
 

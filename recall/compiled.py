@@ -909,7 +909,7 @@ def exact_keys_numpy_product(queries: np.ndarray, vectors: np.ndarray, item_idx:
 
 def exact_search(queries: np.ndarray, vectors: np.ndarray, item_idx: np.ndarray, k: int,
                  ex_indptr: np.ndarray, ex_pos: np.ndarray, bounds: np.ndarray | None = None,
-                 threads: int = 1, chunk: int = 4096, product: str = "numba", tile_queries: int = TILE_QUERIES,
+                 threads: int = 1, chunk: int = 2048, product: str = "numba", tile_queries: int = TILE_QUERIES,
                  tile_items: int = TILE_ITEMS) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k over `threads` threads, `chunk` queries a task; (items, scores) B x k.
 
@@ -931,7 +931,7 @@ def exact_search(queries: np.ndarray, vectors: np.ndarray, item_idx: np.ndarray,
 
 def ivf_search(queries: np.ndarray, probes: np.ndarray, offsets: np.ndarray, vectors: np.ndarray,
                item_idx: np.ndarray, k: int, ex_indptr: np.ndarray, ex_pos: np.ndarray,
-               bounds: np.ndarray | None = None, threads: int = 1, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+               bounds: np.ndarray | None = None, threads: int = 1, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
     """ivf_top_k_keys over `threads` threads. bounds: cell_bounds(vectors, offsets) (computed when None)."""
     q = np.ascontiguousarray(queries, dtype=np.float32)
     probes = np.ascontiguousarray(probes, dtype=np.int64)
