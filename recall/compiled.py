@@ -1,17 +1,28 @@
 """Compiled (numba) kernels for the candidate search: exact and IVF top-k by inner product, the
 item_based aggregation and the co-occurrence item-kNN.
 
-Every kernel is a pure function of numpy arrays (no global state but numba's on-disk cache),
-compiled with `nogil=True` so callers can run batches on their own threads, and deterministic: a
-row's result depends only on that row's inputs, never on how rows are split across threads.
+Kernels (pure functions of numpy arrays, `nogil`, no state but numba's on-disk cache):
+- exact_top_k_keys / exact_top_k: BLAS tiles of queries x items, each row's running top-k kept in
+  compiled code (a buffer of packed keys cut back by quickselect), excluded positions skipped, and
+  a row stopped once no further item can reach its k-th best (items in descending norm order,
+  Cauchy-Schwarz bound: `norm_bounds`);
+- ivf_top_k_keys: the same over each query's probed cells, grouped by cell (one BLAS product per
+  cell and query tile), a (query, cell) pair skipped when the cell's largest norm cannot reach
+  the query's k-th best (`cell_bounds`); nearest_cells picks the probes from a plain centroid array;
+- item_based_top_k: summed similarity over the neighbours of each user's recent items;
+- cooccurrence_top_n (+ cap_rows): item-kNN from co-occurrence, equal to implicit's BM25 /
+  cosine recommenders as recall.recaller uses them, optionally with each user's items capped.
+Thread drivers (exact_search, ivf_search, probe_cells, item_based, item_knn) split the rows into
+fixed chunks and run the kernels on a thread pool with BLAS pinned to one thread.
 
 Order of results everywhere: score descending, ties by item index ascending, as the packed keys of
-`recall.index.pack` order them (so -0.0 ranks just below +0.0, exactly as today's search does);
-pads are item -1 with score -inf.
+`recall.index.pack` order them (so -0.0 ranks just below +0.0, as today's search does); pads are
+item -1 with score -inf.
 
-The thread drivers (`*_search`, `item_knn`) split the rows into chunks and call the kernels from a
-thread pool with BLAS pinned to one thread: measured on 2 cores, this was as fast as numba's
-`parallel=True` and composes with callers that already run threads of their own.
+Determinism: a row's result depends only on its inputs and on which rows share its chunk, never
+on the thread count. Selection is exact: the kept set is the k smallest keys whatever the order
+they arrive in. The only thing a chunk changes is float32 rounding of a BLAS product (OpenBLAS
+rounds a dot product differently with the shape of the call): fixed chunks keep it fixed.
 """
 from __future__ import annotations
 
@@ -20,7 +31,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from numba import njit, prange
-
 
 
 def _jit(**options):
