@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("-k", type=int, default=100)
     p.add_argument("--batch", type=int, default=8192, help="users per call, as recall.u2i.batch_size")
-    p.add_argument("--caps", default="1000,300,100", help="max_user_items values for the capped item-kNN")
+    p.add_argument("--caps", default="3000,1000,300,100", help="max_user_items values for the capped item-kNN")
     p.add_argument("--target", type=float, default=0.95, help="IVF recall@k target against exact search")
     p.add_argument("--implicit-threads", type=int, default=2, help="also time implicit's fit on this many threads")
     p.add_argument("--prepare-only", action="store_true")
@@ -349,9 +349,18 @@ def main(argv: list[str] | None = None) -> int:
         inp, t = timed(prepare, a.size, a.work)
         print(f"inputs: {inp.users.shape[0]} users x {inp.items.shape[0]} items, {inp.counts.nnz} pairs ({t.wall:.1f}s)")
         return 0
+    from bench.measure import machine_busy
+
+    busy0, total0, wall0, cpu0 = *machine_busy(), time.perf_counter(), time.process_time()
     res = run(a.size, a.work, a.threads, a.k, a.batch, [int(c) for c in a.caps.split(",") if c], a.target,
               a.implicit_threads)
+    busy1, total1 = machine_busy()
+    wall, own = time.perf_counter() - wall0, time.process_time() - cpu0
+    cores = os.cpu_count() or 1
+    other = max(0.0, (busy1 - busy0) / max(total1 - total0, 1) * cores - own / wall)
+    res["other_load_cores"] = round(other, 2)
     print()
+    print(f"other processes used {other:.2f} of {cores} cores meanwhile (wall times wander with it; CPU times less)")
     print(f"exact u2i search / bare product (wall): today {res['today_exact_vs_product']:.2f}x, compiled "
           f"{res['exact_vs_product']:.2f}x (goal <= 1.25x)")
     print(f"approx speed-up over exact (wall, at recall@{a.k} >= {a.target}): today {res['approx_speedup_today']:.2f}x, "
