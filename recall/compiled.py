@@ -1016,16 +1016,16 @@ def item_knn(user_items, kind: str, n: int, allowed: np.ndarray, max_user_items:
     cooccurrence_neighbours computes them with implicit (kind: bm25 or cosine).
 
     max_user_items > 0 caps each user's row at its `max_user_items` entries of highest `priority`
-    (an array aligned with user_items.data, e.g. the last time of each pair; default: the weight)
-    after weighting: a user with d items costs d^2 updates, so the heaviest users dominate the
-    cost while adding least to any one item's neighbours.
+    (ties: lower item first), after weighting, so the kept entries keep their full-matrix weights.
+    priority: aligned with the entries of user_items as a CSR with sorted indices (e.g. the last
+    time of each pair, to keep the most recent); default: the weight itself. A user with d items
+    costs d^2 updates: the heaviest users dominate the cost while adding least to any one item's
+    neighbours (bench.kernels measures what a cap costs in recall).
     """
     import scipy.sparse as sp
 
     weights = cooccurrence_weights(user_items, kind)
     if max_user_items > 0:
-        counts = user_items.tocsr()
-        counts.sort_indices()
         prio = weights.data if priority is None else np.asarray(priority, np.float64)
         if prio.shape != weights.data.shape:
             raise ValueError("priority must align with the matrix entries")
