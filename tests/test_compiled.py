@@ -13,7 +13,7 @@ import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-pytest.importorskip("numba")
+pytest.importorskip("numba", reason="recall.compiled needs numba (to be added to setup.cfg install_requires)")
 
 from recall import candidates as cand  # noqa: E402
 from recall import compiled as C  # noqa: E402
