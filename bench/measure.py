@@ -1,17 +1,18 @@
-"""Wall time, CPU time and peak resident memory per step; time spent inside named functions.
+"""Wall time, CPU time and peak resident memory per step; the run's own step timings inside each.
 
 Peak memory per step: Linux lets a process reset its RSS high-water mark (VmHWM) by writing 5 to
 /proc/self/clear_refs, so each step's peak is its own, not the run's so far.
 """
 from __future__ import annotations
 
-import functools
 import os
 import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+
+from recall.timer import Timer
 
 _STATUS = "/proc/self/status"
 
@@ -68,10 +69,10 @@ class Step:
 
 @dataclass
 class Recorder:
-    """Steps in the order they ran; functions wrapped with `attribute` add their time to the step."""
+    """Steps in the order they ran; what the run's own Timer recorded during a step is its `inside`."""
 
+    timer: Timer = field(default_factory=Timer)
     steps: list[Step] = field(default_factory=list)
-    current: Step | None = None
     exact_peaks: bool = True
 
     @contextmanager
@@ -80,37 +81,18 @@ class Recorder:
         self.exact_peaks &= reset_peak()
         step.rss_start_mb = rss_mb()
         wall, cpu = time.perf_counter(), time.process_time()
-        self.current = step
+        before, before_cpu = dict(self.timer.timings), dict(self.timer.cpu)
         try:
             yield step
         finally:
-            self.current = None
             step.wall_s = time.perf_counter() - wall
             step.cpu_s = time.process_time() - cpu
             step.peak_rss_mb = peak_rss_mb()
+            for key, value in self.timer.timings.items():
+                if value != before.get(key, 0.0) and "." not in key:
+                    step.inside[key] = value - before.get(key, 0.0)
+                    step.inside_cpu[key] = self.timer.cpu[key] - before_cpu.get(key, 0.0)
             self.steps.append(step)
-
-    @contextmanager
-    def attribute(self, owner: object, attr: str, label: str) -> Iterator[None]:
-        """Time every call of owner.attr (a module function or class method) under `label`."""
-        original = getattr(owner, attr)
-
-        @functools.wraps(original)
-        def timed(*args, **kwargs):
-            start, cpu = time.perf_counter(), time.process_time()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                if self.current is not None:
-                    for spent, into in ((time.perf_counter() - start, self.current.inside),
-                                        (time.process_time() - cpu, self.current.inside_cpu)):
-                        into[label] = into.get(label, 0.0) + spent
-
-        setattr(owner, attr, timed)
-        try:
-            yield
-        finally:
-            setattr(owner, attr, original)
 
     def get(self, name: str) -> Step:
         return next(s for s in self.steps if s.name == name)

@@ -1,8 +1,8 @@
 """Run the pipeline's steps on a generated log, then the peers on the same factors, and compare.
 
-The steps are the pipeline's own functions called in the pipeline's order (read, validate,
-matrix, train, u2i, i2i, popular, publish); nothing here reimplements them. Time spent inside
-the search functions is attributed by wrapping them for the duration of the run.
+The steps are the local engine's own functions in the nightly run's order (prepare, train, u2i,
+i2i, popular, then the commit protocol's seal and publish); nothing here reimplements them. The
+time inside each step comes from the run's own step timings (recall.timer.Timer).
 """
 from __future__ import annotations
 
@@ -11,11 +11,9 @@ import datetime as dt
 import os
 import shutil
 import time
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -23,12 +21,15 @@ import pyarrow.dataset as ds
 
 from bench import gen, peers
 from bench.measure import Recorder, cpu_model, machine_busy
-from recall import candidates, pipeline, publish, recaller
-from recall.config import load_spec
-from recall.io import Window, read_window
-from recall.matrix import encode
-from recall.train import Factors, job_threads
-from recall.validate import validate
+from recall.engines.local import LocalEngine, write_i2i, write_popular, write_u2i
+from recall.ingest.window import Window
+from recall.jobs import load_job
+from recall.runtime import job_threads
+from recall.sources import SOURCES, spec_blend
+from recall.store.commit import Publication
+from recall.store.layout import JobDir
+from recall.store.records import Manifest, TableInfo
+from recall.timer import Timer
 
 RUN_DATE = dt.date(2026, 11, 20)
 SAMPLE = 5000  # users (and items) whose lists are compared with the peer's
@@ -105,73 +106,58 @@ def run(opts: Options) -> Result:
     root = opts.work.resolve() / opts.size
     gen.generate(root / "log", RUN_DATE, size)
     first = "exact" if opts.search == "both" else opts.search
-    spec = load_spec(write_spec(opts, size, first), opts.overrides)
+    spec = load_job(write_spec(opts, size, first), opts.overrides)
     threads = job_threads(spec.model.threads)
-    faiss.omp_set_num_threads(threads)  # as pipeline.run_locked does
     shutil.rmtree(root / "out", ignore_errors=True)
-    out = publish.JobDir(root / "out" / spec.name)
+    job = JobDir(root / "out" / spec.name)
     date, run_id = RUN_DATE.isoformat(), "bench-" + time.strftime("%Y%m%dT%H%M%S")
-    staged = out.staging(run_id)
+    publication = Publication(job, run_id, date)
     window = Window(RUN_DATE, spec.job.lookback_days, spec.job.timezone)
-    end_us = window.bounds_us()[1]
-    rec_steps = Recorder()
+    engine, how, timer = LocalEngine(spec, root, threads), spec_blend(spec), Timer()
+    rec_steps = Recorder(timer)
     res = Result(options={**vars(opts), "work": str(opts.work), "threads": threads})
     busy0, total0, wall0 = *machine_busy(), time.perf_counter()
-    attributions = [
-        (recaller, "train_als", "als"), (recaller, "build_searcher", "index"),
-        (recaller, "cosine_neighbours", "i2i search"), (candidates, "nearest_unseen", "search"),
-        (pipeline, "check_u2i", "contract check"), (publish.TableWriter, "write", "parquet"),
-        (publish.TableWriter, "close", "parquet"),
-    ]
-    with ExitStack() as wrapped:
-        for owner, attr, label in attributions:
-            wrapped.enter_context(rec_steps.attribute(owner, attr, label))
-        step = rec_steps.step
-        with step("read"):
-            raw = read_window(spec.input, window, root)
-        with step("validate"):
-            clean, bad = validate(raw, spec.input)
-        with step("matrix"):
-            inter = encode(clean)
-            blocked = recaller.blocked_items(inter.items, [], spec.source)
-        del raw, clean
-        with step("train", "ALS, index build, i2i neighbours"):
-            rec = recaller.fit(inter, spec, end_us, blocked)
-        with step(f"u2i ({rec.search_mode})", "search, merge, write"):
-            markers = {"u2i": pipeline.write_u2i(rec, spec, staged, date, run_id, False)}
-        with step("i2i", "write (neighbours come from train)"):
-            markers["i2i"] = pipeline.write_i2i(rec, spec, staged, date, run_id)
-        with step("popular"):
-            markers["popular"] = pipeline.write_popular(rec, spec, staged, date, run_id)
-        with step("publish"):
-            for name in markers:
-                publish.publish_partition(staged / name / f"dt={date}", out.partition(name, date))
-            manifest = {"job": spec.name, "date": date, "run_id": run_id, "search": {"u2i": rec.search_mode, **rec.info},
-                        "tables": {n: {"rows": m["rows"], "files": m["files"]} for n, m in markers.items()}}
-            publish.write_atomic(out.manifest(date), pipeline.json_dump(manifest))
-            publish.set_latest(out, date)
-        pipeline_steps = list(rec_steps.steps)
-        tenth = max(1, rec.n_users // 10)  # bounded memory: the same step on a tenth of the users
-        part = dataclasses.replace(rec, seen=rec.seen[:tenth], factors=Factors(rec.factors.users[:tenth],
-                                                                               rec.factors.items))
-        with step(f"u2i memory check ({tenth} users)", "the u2i step again, on a tenth of the users"):
-            pipeline.write_u2i(part, spec, out.staging(run_id + "-tenth"), date, run_id, False)
-        del part
-        res.shape = {"users": rec.n_users, "items": rec.n_items, "interactions": int(rec.seen.nnz),
-                     "rows_read": int(bad.total_rows), "u2i_rows": markers["u2i"]["rows"], "i2i_rows": markers["i2i"]["rows"]}
-        sample = np.sort(np.random.default_rng(0).choice(rec.n_users, min(SAMPLE, rec.n_users), replace=False))
-        item_sample = np.sort(np.random.default_rng(1).choice(rec.n_items, min(SAMPLE, rec.n_items), replace=False))
-        ours = published_lists(out.partition("u2i", date), "user_id", "item_id", rec.inter.users.values,
-                               rec.inter.items.values, sample, spec.recall.u2i.k)
-        if opts.search == "both":
-            run_approx(rec, spec, rec_steps, out.staging(run_id + "-approx"), date, run_id, sample, ours, res)
-        if opts.peers:
-            run_peers(rec, spec, rec_steps, sample, item_sample, ours, out.partition("i2i", date), res)
+    step = rec_steps.step
+    # the pipeline's own steps, in the pipeline's order (recall.run.nightly.run_date)
+    with step("prepare", "read, validate, matrix"):
+        data = engine.prepare(window, timer)
+    with step("train", "ALS, index build, i2i neighbours"):
+        model = engine.fit(data, how, timer)
+    mode = model.search.get("u2i", "exact")
+    with step(f"u2i ({mode})", "search, merge, check, write"):
+        write_u2i(model, how, spec, publication, threads, timer)
+    with step("i2i", "write (neighbours come from train)"):
+        write_i2i(model, spec, publication)
+    with step("popular"):
+        write_popular(model, spec, publication)
+    with step("publish", "seal, publish, manifest, _LATEST"):
+        tables = {name: publication.seal(name) for name in ("u2i", "i2i", "popular")}
+        manifest = Manifest(job=spec.name, date=date, run_id=run_id, search=model.search, blend=how.to_dict(),
+                            tables={n: TableInfo(m.rows, m.files) for n, m in tables.items()}, timings=timer.timings)
+        publication.publish(manifest, spec.output.keep_days)
+    pipeline_steps = list(rec_steps.steps)
+    tenth = max(1, model.users.n_users // 10)  # bounded memory: the same step on a tenth of the users
+    part = dataclasses.replace(model, users=model.users.head(tenth))
+    with step(f"u2i memory check ({tenth} users)", "the u2i step again, on a tenth of the users"):
+        write_u2i(part, how, spec, Publication(job, run_id + "-tenth", date), threads, Timer())
+    del part
+    n_users, n_items = model.users.n_users, model.side.n_items
+    res.shape = {"users": n_users, "items": n_items, "interactions": int(model.users.seen.nnz),
+                 "rows_read": int(data.stats.rows), "u2i_rows": tables["u2i"].rows, "i2i_rows": tables["i2i"].rows}
+    sample = np.sort(np.random.default_rng(0).choice(n_users, min(SAMPLE, n_users), replace=False))
+    item_sample = np.sort(np.random.default_rng(1).choice(n_items, min(SAMPLE, n_items), replace=False))
+    ours = published_lists(job.partition("u2i", date), "user_id", "item_id", model.users_map.values,
+                           model.items_map.values, sample, spec.recall.u2i.k)
+    if opts.search == "both":
+        run_approx(model, spec, engine, how, rec_steps, Publication(job, run_id + "-approx", date), sample, ours, res)
+    if opts.peers:
+        run_peers(model, spec, rec_steps, sample, item_sample, ours, job.partition("i2i", date), res)
     busy1, total1 = machine_busy()
     wall = time.perf_counter() - wall0
     busy_share = (busy1 - busy0) / (total1 - total0) if total1 > total0 else 0.0
     own = sum(s.cpu_s for s in rec_steps.steps)
-    res.machine = {"cpu": cpu_model(), "cores_used": threads, "cpus": os.cpu_count(), "wall_s": round(wall, 1), "own_cpu_s": round(own, 1),
+    res.machine = {"cpu": cpu_model(), "cores_used": threads, "cpus": os.cpu_count(), "wall_s": round(wall, 1),
+                   "own_cpu_s": round(own, 1),
                    # other processes' CPU use during the run, in cores (the machine may be shared)
                    "other_load_cores": round(max(0.0, busy_share * (os.cpu_count() or 1) - own / wall), 2),
                    "loadavg_end": os.getloadavg(), "exact_step_peaks": rec_steps.exact_peaks}
@@ -180,29 +166,29 @@ def run(opts: Options) -> Result:
     return res
 
 
-def run_approx(rec, spec, rec_steps: Recorder, staged: Path, date: str, run_id: str, sample: np.ndarray, ours,
-               res: Result) -> None:
+def run_approx(model, spec, engine: LocalEngine, how, rec_steps: Recorder, publication: Publication,
+               sample: np.ndarray, ours, res: Result) -> None:
     """The u2i step again on the same factors, with the approximate searcher."""
     spec.recall.u2i.search = "approx"
     with rec_steps.step("u2i index (approx)", "IVF build + recall check on a sample"):
-        rec.searcher, rec.search_mode = recaller.build_searcher(rec.factors.items, np.flatnonzero(rec.allowed), spec)
-        rec.info["approx"] = recaller.approx_recall(rec, spec)
-    with rec_steps.step("u2i (approx)", "search, merge, write"):
-        pipeline.write_u2i(rec, spec, staged, date, run_id, False)
-    approx = published_lists(staged / "u2i" / f"dt={date}", "user_id", "item_id", rec.inter.users.values,
-                             rec.inter.items.values, sample, spec.recall.u2i.k)
-    res.agreement["approx_vs_exact_recall"] = round(overlap(approx[0], ours[0]), 4)
-    res.agreement["approx_in_run_check"] = rec.info.get("approx")
+        part, facts = SOURCES["als"].build(model.context)
+    approx = dataclasses.replace(model, side=dataclasses.replace(model.side, parts={**model.side.parts, "als": part}))
+    with rec_steps.step("u2i (approx)", "search, merge, check, write"):
+        write_u2i(approx, how, spec, publication, engine.threads, rec_steps.timer)
+    got = published_lists(publication.folder("u2i"), "user_id", "item_id", model.users_map.values,
+                          model.items_map.values, sample, spec.recall.u2i.k)
+    res.agreement["approx_vs_exact_recall"] = round(overlap(got[0], ours[0]), 4)
+    res.agreement["approx_in_run_check"] = facts.get("approx")
 
 
-def run_peers(rec, spec, rec_steps: Recorder, sample: np.ndarray, item_sample: np.ndarray, ours, i2i_part: Path,
+def run_peers(fitted, spec, rec_steps: Recorder, sample: np.ndarray, item_sample: np.ndarray, ours, i2i_part: Path,
               res: Result) -> None:
     threads = res.options["threads"]
-    users, items = rec.factors.users, rec.factors.items
+    users, items = fitted.users.factors, fitted.side.factors
     model = peers.implicit_model(users, items, threads)
     k = spec.recall.u2i.k
     with rec_steps.step("peer: implicit recommend", "all users, filter_already_liked_items"):
-        peer_ids, peer_scores = peers.recommend_all(model, rec.seen, k, sample)
+        peer_ids, peer_scores = peers.recommend_all(model, fitted.users.seen, k, sample)
     with rec_steps.step("peer: scoring product", "users @ items.T in batches"):
         peers.scoring_product(users, items)
     few = min(len(users), peers.ARGPARTITION_USERS)  # numpy's argpartition is slow: a sample, scaled
@@ -211,8 +197,8 @@ def run_peers(rec, spec, rec_steps: Recorder, sample: np.ndarray, item_sample: n
     if spec.recall.i2i.k > 0:
         with rec_steps.step("peer: implicit similar_items", "all items"):
             peer_similar = peers.similar_all(model, spec.recall.i2i.k, item_sample)
-        ours_i2i = published_lists(i2i_part, "item_id", "similar_item_id", rec.inter.items.values,
-                                   rec.inter.items.values, item_sample, spec.recall.i2i.k)
+        ours_i2i = published_lists(i2i_part, "item_id", "similar_item_id", fitted.items_map.values,
+                                   fitted.items_map.values, item_sample, spec.recall.i2i.k)
         res.agreement["i2i_overlap_vs_implicit"] = round(overlap(ours_i2i[0], peer_similar), 4)
     res.agreement.update(topk_agreement(ours, (peer_ids, peer_scores)))
     res.agreement["sample_users"] = int(sample.size)
@@ -269,7 +255,7 @@ def topk_agreement(ours: tuple[np.ndarray, np.ndarray], peer: tuple[np.ndarray, 
             "u2i_max_score_diff": float(np.max(np.abs(np.where(np.isfinite(p_scores), scores - p_scores, 0))))}
 
 
-WORK = ("als", "index", "i2i search", "search")  # training and search; everything else is overhead
+WORK = ("als_fit", "als_index", "i2i_search", "als")  # training and search (als: the u2i search); the rest is overhead
 
 
 def ratio(a: float, b: float) -> float | None:
@@ -282,7 +268,7 @@ def summarise(pipeline_steps, rec_steps: Recorder, res: Result) -> dict:
     work = sum(v for s in pipeline_steps for key, v in s.inside.items() if key in WORK)
     u2i = next(s for s in pipeline_steps if s.name.startswith("u2i"))
     train = next(s for s in pipeline_steps if s.name == "train")
-    search = {"wall": u2i.inside.get("search", 0.0), "cpu": u2i.inside_cpu.get("search", 0.0)}
+    search = {"wall": u2i.inside.get("als", 0.0), "cpu": u2i.inside_cpu.get("als", 0.0)}
     out = {"pipeline_wall_s": round(total, 2), "train_and_search_s": round(work, 2),
            "overhead_share": ratio(total - work, total),
            "u2i_search_s": {k: round(v, 2) for k, v in search.items()},
@@ -306,12 +292,12 @@ def summarise(pipeline_steps, rec_steps: Recorder, res: Result) -> dict:
         out["product_argpartition_scaled_s"] = {"wall": round(part.wall_s * scale, 2),
                                                 "cpu": round(part.cpu_s * scale, 2)}
     if "peer: implicit similar_items" in names:
-        i2i = {"wall": train.inside.get("i2i search", 0.0), "cpu": train.inside_cpu.get("i2i search", 0.0)}
+        i2i = {"wall": train.inside.get("i2i_search", 0.0), "cpu": train.inside_cpu.get("i2i_search", 0.0)}
         out["i2i_search_s"] = {k: round(v, 2) for k, v in i2i.items()}
         out["i2i_search_vs_implicit_similar_items"] = versus("peer: implicit similar_items", i2i)
     if "u2i (approx)" in names and "u2i (exact)" in names:
         approx = names["u2i (approx)"]
-        mine = {"wall": approx.inside.get("search", 0.0), "cpu": approx.inside_cpu.get("search", 0.0)}
+        mine = {"wall": approx.inside.get("als", 0.0), "cpu": approx.inside_cpu.get("als", 0.0)}
         out["u2i_search_approx_s"] = {k: round(v, 2) for k, v in mine.items()}
         out["approx_speedup"] = {k: ratio(search[k], mine[k]) for k in mine}
     return out

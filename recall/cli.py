@@ -8,7 +8,26 @@ import sys
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from recall.errors import EXIT_BUG, RecallError, SpecError
+import pandas as pd
+import pyarrow.parquet as pq
+from loguru import logger
+
+from recall.errors import EXIT_BUG, InputError, RecallError, SpecError
+from recall.ingest.prepare import prepare
+from recall.ingest.window import Window
+from recall.jobs import find_job
+from recall.ops import report, schedule
+from recall.ops.logs import setup_console
+from recall.ops.status import print_status
+from recall.run.batch import catch_up, run_dates
+from recall.run import tune
+from recall.run.nightly import RunOptions, run_job
+from recall.runtime import job_threads
+from recall.samples import datasets
+from recall.samples.synth import SynthSpec, generate
+from recall.spec.sections import JobSpec
+from recall.store.layout import job_dir
+from recall.store.reader import read_table
 
 DESCRIPTION = """\
 Offline batch recall: train ALS on a window of the interaction log, compute u2i / i2i / popular
@@ -42,11 +61,9 @@ def yesterday(timezone: str) -> dt.date:
     return dt.datetime.now(ZoneInfo(timezone)).date() - dt.timedelta(days=1)
 
 
-def load(args: argparse.Namespace, job: str | None = None):
-    from recall.config import load_spec, resolve_job_path
-
+def load(args: argparse.Namespace, job: str | None = None) -> tuple[JobSpec, Path]:
     root = project_root(args)
-    return load_spec(resolve_job_path(job or args.job, root), getattr(args, "set", None) or []), root
+    return find_job(job or args.job, root, getattr(args, "set", None) or []), root
 
 
 def add_job_args(p: argparse.ArgumentParser) -> None:
@@ -59,12 +76,8 @@ def add_job_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from recall.pipeline import RunOptions, run_job
-
     spec, root = load(args)
     if args.catch_up:
-        from recall.batch import catch_up
-
         if args.date:
             raise SpecError("--catch-up and --date do not go together")
         return catch_up(spec, root, yesterday(spec.job.timezone), args.force, args.skip_gate)
@@ -78,9 +91,8 @@ def report_result(result) -> None:
     if result.status == "skipped":
         print(f"{result.job} {result.date}: already published, skipped (use --force to replace it)")
         return
-    tables = result.manifest["tables"]
     print(f"{result.job} {result.date}: published "
-          + ", ".join(f"{name} {t['rows']:,} rows" for name, t in tables.items())
+          + ", ".join(f"{name} {rows:,} rows" for name, rows in result.manifest.rows.items())
           + f" under {result.output}")
 
 
@@ -89,8 +101,6 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     start, end = parse_date(args.from_date), parse_date(args.to_date)
     if end < start:
         raise SpecError(f"--to {end} is before --from {start}")
-    from recall.batch import run_dates
-
     dates = [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
     return run_dates(spec, root, dates, args.force, args.skip_gate, keep_going=args.keep_going)
 
@@ -98,73 +108,54 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     spec, root = load(args)
     date = parse_date(args.date) if args.date else yesterday(spec.job.timezone)
-    window, raw, bad, inter, blocked = prepared_window(spec, root, date)
+    window = Window(date, spec.job.lookback_days, spec.job.timezone)
+    stats = prepare(spec, window, root).stats
+    bad = stats.bad
     print(f"{spec.name}: spec {spec.source} is valid (hash {spec.spec_hash()})")
-    print(f"window {window.start}..{date}: {raw.rows:,} rows in {len(raw.files)} file(s), "
+    print(f"window {window.start}..{date}: {stats.rows:,} rows in {len(stats.files)} file(s), "
           f"{bad.bad_rows:,} bad ({bad.fraction:.3%}, limit {spec.input.max_bad_fraction:.2%}), "
-          f"{len(inter.users):,} users x {len(inter.items):,} items, {int(blocked.sum())} blocklisted")
+          f"{stats.users:,} users x {stats.items:,} items, {stats.blocklisted} blocklisted")
     for c in bad.by_check[:10]:
         print(f"  bad: {c['file']} column {c['column']!r}: {c['check']}, {c['rows']} rows")
-    if raw.missing_days:
-        print(f"  days without data: {', '.join(raw.missing_days)}")
+    if stats.missing_days:
+        print(f"  days without data: {', '.join(stats.missing_days)}")
     return 0
 
 
-def prepared_window(spec, root: Path, date: dt.date):
-    """Read, validate and encode a job's window (what check and tune work on)."""
-    from recall.io import Window, read_window
-    from recall.matrix import encode
-    from recall.pipeline import load_blocklist
-    from recall.recaller import blocked_items
-    from recall.validate import validate
-
-    window = Window(date, spec.job.lookback_days, spec.job.timezone)
-    raw = read_window(spec.input, window, root)
-    clean, bad = validate(raw, spec.input)
-    inter = encode(clean)
-    blocked = blocked_items(inter.items, load_blocklist(spec, root), spec.source)
-    return window, raw, bad, inter, blocked
-
-
 def cmd_tune(args: argparse.Namespace) -> int:
-    import faiss
-
-    from recall import tune
-    from recall.train import job_threads
-
     spec, root = load(args)
     date = parse_date(args.date) if args.date else yesterday(spec.job.timezone)
-    window, _, _, inter, blocked = prepared_window(spec, root, date)
-    faiss.omp_set_num_threads(job_threads(spec.model.threads))
+    window = Window(date, spec.job.lookback_days, spec.job.timezone)
+    data = prepare(spec, window, root)
     if spec.evaluate.holdout_days == 0:
         spec.evaluate.holdout_days = 1
     log = (lambda msg: print(msg, file=sys.stderr)) if sys.stderr.isatty() else (lambda msg: None)
     try:
-        result = tune.tune(inter, spec, window.bounds_us()[1], blocked, args.budget, args.trials, args.seed, log)
+        result = tune.search(data, spec, job_threads(spec.model.threads), args.budget, args.trials, args.seed, log)
     except ValueError as exc:
-        from recall.errors import InputError
-
         raise InputError(f"cannot tune {spec.name} on {window.start}..{date}: {exc}") from None
-    print(f"# {spec.name}: tuned on {result.split}, recall@{spec.evaluate.k}, seed {args.seed}")
+    choosing, reporting = result.users
+    print(f"# {spec.name}: tuned on {result.split}, recall@{spec.evaluate.k}, seed {args.seed}: trials scored on "
+          f"{choosing} users, the result reported on {reporting} others")
     print(tune.table(result))
     print("\n# single sources with the tuned options: "
-          + ", ".join(f"{n} {m['recall']:.4f}" for n, m in result.single.items()))
-    print(f"# merged with the best blend: recall {result.merged['recall']:.4f}, ndcg {result.merged['ndcg']:.4f}")
-    print("# paste into the job spec:\n")
+          + ", ".join(f"{n} {m.recall:.4f}" for n, m in result.single.items()))
+    print(f"# merged with the best blend: recall {result.merged.recall:.4f}, ndcg {result.merged.ndcg:.4f}")
+    if args.apply:
+        tune.merge_into(Path(spec.source), result)
+        print(f"# merged into {spec.source}:\n")
+    else:
+        print("# the settings that differ from the spec (recall tune --apply merges them into it):\n")
     print(tune.snippet(result))
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from recall.status import print_status
-
     root = project_root(args)
     return print_status(root, args.job, lambda job: load(args, job)[0])
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from recall.synth import SynthSpec, generate
-
     spec, root = load(args)
     end = parse_date(args.end) if args.end else yesterday(spec.job.timezone)
     target = root / spec.input.path
@@ -178,10 +169,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Generate the example job's input if absent, run it for yesterday, show what was published."""
-    from recall.pipeline import RunOptions, job_dir, run_job
-    from recall.reader import read_table
-    from recall.synth import SynthSpec, generate
-
     spec, root = load(args, "example")
     date = yesterday(spec.job.timezone)
     target = root / spec.input.path
@@ -191,15 +178,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     result = run_job(spec, RunOptions(date, root, force=False, progress=sys.stderr.isatty()))
     report_result(result)
     out = job_dir(spec, root)
-    manifest = result.manifest or {}
-    metrics = (manifest.get("metrics") or {}).get("merged")
-    if metrics:
-        print(f"holdout recall@{manifest['metrics']['k']}: merged {metrics['recall']:.4f}, "
-              f"popular baseline {manifest['metrics']['popular_baseline']['recall']:.4f}")
-    import pandas as pd
-
+    manifest = result.manifest
+    if manifest and manifest.metrics:
+        print(f"holdout recall@{manifest.metrics.k}: merged {manifest.metrics.merged.recall:.4f}, "
+              f"popular baseline {manifest.metrics.popular_baseline.recall:.4f}")
     with pd.option_context("display.width", 120, "display.max_columns", 10):
-        for table in manifest.get("tables", {}):
+        for table in manifest.tables if manifest else {}:
             frame = read_table(spec.name, table, date.isoformat(), output=out.root.parent)
             print(f"\n{table}: {len(frame):,} rows in {out.partition(table, date.isoformat())}")
             print(frame.head(5).to_string(index=False))
@@ -208,16 +192,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
-    from recall import datasets
-
     root = project_root(args)
     source = datasets.locate(args.source)
     for name in args.names or list(datasets.LOADERS):
         if name not in datasets.LOADERS:
             raise SpecError(f"unknown data set {name!r}; known: {', '.join(datasets.LOADERS)}")
         path = datasets.prepare(name, source, root / "data" / "datasets")
-        import pyarrow.parquet as pq
-
         table = pq.read_table(path)
         last = datasets.last_date(table)
         print(f"{name}: {table.num_rows:,} rows -> {path}" + (f" (last day {last})" if last else " (no timestamps)"))
@@ -225,9 +205,6 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from recall import report
-    from recall.pipeline import job_dir
-
     spec, root = load(args)
     target = Path(args.out) if args.out else root / "data" / "reports" / f"{spec.name}.html"
     path = report.write(spec.name, job_dir(spec, root), target, spec.gate.max_recall_drop)
@@ -236,8 +213,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_cron(args: argparse.Namespace) -> int:
-    from recall import schedule
-
     root = project_root(args)
     return schedule.command(args.action, root, args.tabfile)
 
@@ -283,16 +258,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("tune", help="search ALS settings and the source blend on the holdout",
-                       description="Seeded search on JOB's holdout: ALS hyperparameters (factors, "
-                                   "regularization, alpha, iterations, weighting), then source options and "
-                                   "blend weights. Prints what it tried and the best settings as TOML.")
+                       description="Seeded search on JOB's holdout: ALS settings (factors, regularization, "
+                                   "alpha, weighting), then source options and blend weights, each scored on half "
+                                   "the holdout users and reported on the other half. Prints what it tried and "
+                                   "the settings as TOML; --apply merges them into the spec.")
     add_job_args(p)
     p.add_argument("--date", metavar="YYYY-MM-DD", help="window end (default: yesterday)")
     p.add_argument("--budget", type=float, default=600, metavar="SECONDS",
                    help="time budget (default 600); trials start in a fixed seeded order until it is spent")
-    p.add_argument("--trials", type=int, default=30, metavar="N",
-                   help="at most N ALS trials and 4N blend trials (default 30)")
+    p.add_argument("--trials", type=int, default=30, metavar="N", help="at most N ALS trials (default 30)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--apply", action="store_true",
+                   help="merge the tuned settings into the spec file (its other keys and comments kept)")
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("report", help="write an HTML page of every published date's metrics and rows",
@@ -338,10 +315,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from loguru import logger
-
-    from recall.logs import setup_console
-
     setup_console(verbose="-v" in (argv or sys.argv[1:]) or "--verbose" in (argv or sys.argv[1:]))
     try:
         args = build_parser().parse_args(argv)

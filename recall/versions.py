@@ -7,6 +7,8 @@ import platform
 import subprocess
 from pathlib import Path
 
+from recall import __version__
+
 LIBRARIES = ("numpy", "scipy", "pandas", "pyarrow", "implicit", "faiss-cpu", "threadpoolctl", "loguru",
              "python-crontab")
 
@@ -14,8 +16,6 @@ LIBRARIES = ("numpy", "scipy", "pandas", "pyarrow", "implicit", "faiss-cpu", "th
 @functools.cache
 def code_version() -> str:
     """The package version, plus the git commit when running from a checkout."""
-    from recall import __version__
-
     here = Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(["git", "-C", str(here), "rev-parse", "--short=12", "HEAD"],

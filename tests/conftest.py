@@ -1,54 +1,17 @@
-"""Shared fixtures: a throwaway project folder with a small synthetic log, and a CLI runner."""
+"""Fixtures: throwaway projects over a small synthetic log, a published baseline, the CLI."""
 from __future__ import annotations
 
-import datetime as dt
-import os
+import shutil
 import subprocess
-import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from recall.synth import SynthSpec, generate
-
-RUN_DATE = dt.date(2026, 11, 20)
-SMALL = SynthSpec(users=1500, items=400, rows_per_day=2500, days=12, clusters=12, seed=11)
-REPO = Path(__file__).resolve().parent.parent
-
-SPEC = """\
-[job]
-lookback_days = 10
-
-[input]
-path = "data/log"
-event_weights = {{ view = 1.0, click = 3.0, purchase = 10.0 }}
-
-[model]
-factors = 16
-iterations = 6
-threads = 1
-
-[recall.u2i]
-k = 20
-
-[recall.i2i]
-k = 10
-
-[recall.popular]
-k = 30
-
-[evaluate]
-holdout_days = 1
-k = 20
-{extra}
-"""
-
-
-def write_spec(root: Path, name: str = "small", extra: str = "", text: str | None = None) -> Path:
-    path = root / "jobs" / f"{name}.toml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text if text is not None else SPEC.format(extra=extra))
-    return path
+from recall.samples.synth import generate
+from tests.support.cli import kill, run_cli, start_cli
+from tests.support.engines import ENGINES
+from tests.support.project import DATE, PREVIOUS, RUN_DATE, SMALL, write_spec
 
 
 @pytest.fixture(scope="session")
@@ -62,21 +25,52 @@ def small_log(tmp_path_factory) -> Path:
 @pytest.fixture
 def project(tmp_path: Path, small_log: Path) -> Path:
     """A project folder: jobs/small.toml reading data/log (a copy of the session's log)."""
-    import shutil
-
     shutil.copytree(small_log, tmp_path / "data" / "log")
     write_spec(tmp_path)
     return tmp_path
 
 
-def run_cli(root: Path, *args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`python -m recall --root ROOT ARGS...` as a real subprocess."""
-    full_env = {**os.environ, **(env or {})}
-    full_env.pop("RECALL_ROOT", None)
-    return subprocess.run([sys.executable, "-m", "recall", "--root", str(root), *args],
-                          capture_output=True, text=True, timeout=timeout, env=full_env, cwd=root)
-
-
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request) -> str:
+    """Each engine in turn (tests/support/engines.py)."""
+    return request.param
+
+
+@pytest.fixture
+def cli_bg() -> Iterator:
+    """start_cli for a test; whatever it started and left running is killed at teardown."""
+    started: list[subprocess.Popen] = []
+
+    def start(root: Path, *args: str, env: dict | None = None, output: Path | None = None) -> subprocess.Popen:
+        started.append(start_cli(root, *args, env=env, output=output))
+        return started[-1]
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            kill(proc)
+
+
+@pytest.fixture(scope="session")
+def published_template(tmp_path_factory) -> Path:
+    """A project whose job `small` has published PREVIOUS and DATE (_LATEST = DATE)."""
+    root = tmp_path_factory.mktemp("published") / "project"
+    generate(root / "data" / "log", RUN_DATE, SMALL)
+    write_spec(root)
+    for date in (PREVIOUS, DATE):
+        res = run_cli(root, "run", "small", "--date", date)
+        assert res.returncode == 0, res.stderr
+    return root
+
+
+@pytest.fixture
+def published(published_template: Path, tmp_path: Path) -> Path:
+    """A private copy of the published baseline project."""
+    root = tmp_path / "project"
+    shutil.copytree(published_template, root)
+    return root

@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pyarrow.parquet as pq
+from tests.support.project import REPO
 
-from tests.conftest import REPO
 
 
 def test_bench_small_runs_and_agrees_with_the_peers(tmp_path):
@@ -20,12 +20,13 @@ def test_bench_small_runs_and_agrees_with_the_peers(tmp_path):
     assert "vs implicit recommend" in proc.stdout and f"wrote {out}" in proc.stdout
     res = json.loads(out.read_text())
     names = [s["name"] for s in res["steps"]]
-    for step in ("read", "validate", "matrix", "train", "u2i (exact)", "i2i", "popular", "publish",
+    for step in ("prepare", "train", "u2i (exact)", "i2i", "popular", "publish",
                  "u2i (approx)", "peer: implicit recommend", "peer: scoring product",
                  "peer: implicit similar_items"):
         assert step in names
     steps = {s["name"]: s for s in res["steps"]}
-    assert steps["u2i (exact)"]["inside"]["search"] > 0 and steps["train"]["inside"]["als"] > 0
+    assert steps["u2i (exact)"]["inside"]["als"] > 0 and steps["train"]["inside"]["als_fit"] > 0
+    assert set(steps["prepare"]["inside"]) == {"read", "validate", "matrix"}
     assert all(s["peak_rss_mb"] > 0 and s["wall_s"] >= 0 for s in res["steps"])
     agree = res["agreement"]
     assert agree["u2i_identical_ties_aside"] == 1.0

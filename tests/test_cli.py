@@ -7,14 +7,9 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 
-from recall.reader import read_table
-from tests.conftest import RUN_DATE, write_spec
-
-DATE = RUN_DATE.isoformat()
-
-
-def manifest(root: Path, job: str = "small", date: str = DATE) -> dict:
-    return json.loads((root / "data" / "recall" / job / "_manifest" / f"dt={date}.json").read_text())
+from recall.store.reader import read_table
+from tests.support.files import manifest, out_dir
+from tests.support.project import DATE, write_spec
 
 
 def published_bytes(out: Path) -> dict[str, bytes]:
@@ -30,7 +25,7 @@ def test_run_publishes_tables_manifest_and_latest(project, cli):
     assert res.stderr == ""  # not a terminal (as under cron): no progress bars, no chatter
     out = project / "data" / "recall" / "small"
     assert (out / "_LATEST").read_text().strip() == DATE
-    m = manifest(project)
+    m = manifest(out_dir(project))
     for table in ("u2i", "i2i", "popular"):
         part = out / table / f"dt={DATE}"
         assert (part / "_SUCCESS").exists()
@@ -69,13 +64,13 @@ def test_schemas_and_contract_of_published_tables(project, cli):
 
 def test_rerun_is_skipped_and_force_replaces_without_duplicates(project, cli):
     assert cli(project, "run", "small", "--date", DATE).returncode == 0
-    first = manifest(project)
+    first = manifest(out_dir(project))
     again = cli(project, "run", "small", "--date", DATE)
     assert again.returncode == 0 and "already published" in again.stdout
-    assert manifest(project)["run_id"] == first["run_id"]
+    assert manifest(out_dir(project))["run_id"] == first["run_id"]
     forced = cli(project, "run", "small", "--date", DATE, "--force")
     assert forced.returncode == 0, forced.stderr
-    second = manifest(project)
+    second = manifest(out_dir(project))
     assert second["run_id"] != first["run_id"] and second["forced"] is True
     part = project / "data" / "recall" / "small" / "u2i" / f"dt={DATE}"
     # one run's files only; numbered after the ones replaced, so no name means two things
@@ -98,7 +93,7 @@ def test_duckdb_reads_the_hive_partitioned_u2i_table(project, cli):
         WHERE dt = '{latest}'
         """
     ).fetchone()
-    m = manifest(project, date=latest)
+    m = manifest(out_dir(project), latest)
     assert rows == m["tables"]["u2i"]["rows"]
     assert users == m["input"]["users"]
     assert max_rank == 20

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from recall.config import JobSpec, load_spec, parse_override, resolve_job_path
+from recall.jobs import load_job as load_spec
+from recall.spec import JobSpec, parse_override, resolve_job_path
 from recall.errors import SpecError
 
 REPO = Path(__file__).resolve().parent.parent

@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.support.files import logged
+from tests.support.project import tiny_project, yesterday
 
-from tests.opskit import logged, tiny_project, yesterday
 
 pytestmark = pytest.mark.cron
 

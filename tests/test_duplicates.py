@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from recall.io import FileRead, RawLog
-from recall.validate import duplicate_rows
+from recall.ingest.read import FileRead, RawLog
+from recall.ingest.validate import duplicate_rows
 
 
 def test_duplicate_rows_equals_the_full_comparison():

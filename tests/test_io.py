@@ -10,9 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from recall.config import InputSection
+from recall.spec.sections import InputSection
 from recall.errors import InputError
-from recall.io import Window, read_window
+from recall.ingest.read import read_window
+from recall.ingest.window import Window
 
 
 def day_file(root: Path, date: str, users, items, **extra) -> Path:

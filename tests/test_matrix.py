@@ -5,9 +5,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from recall.config import ModelSection
-from recall.matrix import US_PER_DAY, IdMap, confidence, decayed, encode, reencode, to_csr
-from recall.validate import CleanLog
+from recall.spec.sections import ModelSection
+from recall.ingest.prepare import encode
+from recall.model.matrix import US_PER_DAY, IdMap, confidence, decayed, reencode, to_csr
+from recall.ingest.validate import CleanLog
 
 
 def log(users, items, weight=None, ts=None) -> CleanLog:

@@ -10,38 +10,18 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from croniter import croniter
 
-from recall.batch import catch_up_dates, summary, worst
+from recall.run.batch import catch_up_dates, summary, worst
 from recall.errors import LockBusy
-from recall.lock import job_lock
-from tests.conftest import RUN_DATE, run_cli, write_spec
-from tests.opskit import history, logged, out_dir, partitions, snapshot, tiny_project, yesterday
+from recall.ops.lock import job_lock
+from tests.support.cli import run_cli, start_cli, wait_for
+from tests.support.files import history, logged, out_dir, partitions, snapshot
+from tests.support.project import DATE, tiny_project, write_spec, yesterday
 
-DATE = RUN_DATE.isoformat()
-
-
-def start(root: Path, *args: str, log: Path) -> subprocess.Popen:
-    """`python -m recall --root ROOT ARGS...` in the background, output to files."""
-    env = {k: v for k, v in os.environ.items() if k != "RECALL_ROOT"}
-    fh = open(log, "w")
-    return subprocess.Popen([sys.executable, "-m", "recall", "--root", str(root), *args],
-                            stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=root)
-
-
-def wait_for(cond, proc: subprocess.Popen, what: str, log: Path, timeout: float = 120) -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        if proc.poll() is not None:
-            pytest.fail(f"the run ended (exit {proc.returncode}) before {what}: {log.read_text()[-2000:]}")
-        if time.monotonic() > end:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 # --- the lock --------------------------------------------------------------------------
@@ -54,8 +34,8 @@ def test_second_run_of_a_job_exits_75_and_leaves_the_winners_files_alone(project
     out = out_dir(project, "small")
     began = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     winner_log = tmp_path / "winner.out"
-    winner = start(project, "run", "small", "--date", DATE, "--set", "model.iterations=60",
-                   "--set", "model.factors=48", log=winner_log)
+    winner = start_cli(project, "run", "small", "--date", DATE, "--set", "model.iterations=60",
+                       "--set", "model.factors=48", output=winner_log)
     try:
         def holding() -> bool:
             try:
@@ -64,7 +44,7 @@ def test_second_run_of_a_job_exits_75_and_leaves_the_winners_files_alone(project
                 return False
             return holder.get("pid") == winner.pid and "window" in logged(project, "small")
 
-        wait_for(holding, winner, "the winner held the lock and logged its start", winner_log)
+        wait_for(winner, holding, "the winner held the lock and logged its start")
         winner.send_signal(signal.SIGSTOP)  # frozen mid-run, lock held: its files must not change now
         time.sleep(0.2)
         logs_before = {k: v for k, v in snapshot(project / "logs").items() if k.startswith("small")}
@@ -100,10 +80,10 @@ def test_second_run_of_a_job_exits_75_and_leaves_the_winners_files_alone(project
 def test_lock_is_freed_when_the_holder_is_killed_and_its_staging_is_cleared_next_run(project, tmp_path):
     out = out_dir(project, "small")
     log = tmp_path / "killed.out"
-    victim = start(project, "run", "small", "--date", DATE, "--set", "recall.u2i.batch_size=4", log=log)
+    victim = start_cli(project, "run", "small", "--date", DATE, "--set", "recall.u2i.batch_size=4", output=log)
     try:
-        wait_for(lambda: any(out.glob("_staging/*/u2i/dt=*/part-*.parquet")), victim,
-                 "the run started writing its staged u2i table", log)
+        wait_for(victim, lambda: any(out.glob("_staging/*/u2i/dt=*/part-*.parquet")),
+                 "the run started writing its staged u2i table")
     finally:
         victim.send_signal(signal.SIGKILL)
         victim.wait(timeout=60)
@@ -243,7 +223,7 @@ def test_every_run_is_recorded_in_the_history(tmp_path):
         assert 0 <= r["duration_s"] < 300
     assert "no partition dt=2026-11-11" in runs[2]["error"]
     assert "[log] settings refused by loguru" in runs[3]["error"] and "sometimes" in runs[3]["error"]
-    assert "error" not in runs[0]
+    assert not runs[0].get("error")
 
 
 def test_status_shows_each_job(tmp_path):
@@ -255,8 +235,8 @@ def test_status_shows_each_job(tmp_path):
     res = run_cli(root, "status")
     assert res.returncode == 0, res.stderr
     header, *rows = res.stdout.splitlines()
-    assert header.split() == ["job", "latest", "age", "u2i", "i2i", "recall", "duration", "next", "run",
-                              "last", "failure"]
+    assert header.split() == ["job", "latest", "age", "u2i", "i2i", "recall", "backtest", "blend", "duration",
+                              "next", "run", "last", "failure"]
     assert [r.split()[0] for r in rows] == ["idle", "tiny"]
     idle, tiny = rows
     assert idle.split()[1:3] == ["-", "-"]
@@ -266,7 +246,8 @@ def test_status_shows_each_job(tmp_path):
     fields = tiny.split()
     assert fields[1] == str(end) and re.fullmatch(r"\d+m", fields[2])
     assert fields[3] == f"{manifest['tables']['u2i']['rows']:,}" and fields[4] == f"{manifest['tables']['i2i']['rows']:,}"
-    assert fields[6] == f"{run['duration_s']:.1f}s"
+    assert fields[7] == ",".join(f"{n}:{w:g}" for n, w in manifest["blend"]["weights"].items())
+    assert fields[8] == f"{run['duration_s']:.1f}s"
     assert nxt in tiny and "2026-11-11 exit 3 (run " in tiny
     one = run_cli(root, "status", "tiny")
     assert one.returncode == 0 and len(one.stdout.splitlines()) == 2

@@ -8,66 +8,50 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from recall import publish
-from recall.publish import JobDir, TableWriter
-from recall.reader import read_table
-
-SCHEMA = pa.schema([("item_id", pa.int64()), ("score", pa.float32()), ("rank", pa.int32())])
-
-
-def rows(n: int, start: int = 0) -> pa.Table:
-    return pa.table({"item_id": pa.array(range(start, start + n), pa.int64()),
-                     "score": pa.array([1.0] * n, pa.float32()), "rank": pa.array(range(1, n + 1), pa.int32())})
-
+from recall.store import commit
+from recall.store.atomic import write_atomic
+from recall.store.layout import STAGING, JobDir
+from recall.store.state import is_published, latest, published_dates
+from recall.store.tables import TableWriter
+from tests.support.publish import SCHEMA, release, rows, stage
+from recall.store.reader import read_table
 
 def test_writer_splits_part_files_and_row_groups(tmp_path):
     w = TableWriter(tmp_path / "t", SCHEMA, max_rows_per_file=250, row_group_rows=100)
     for i in range(7):
         w.write(rows(90, i * 90))
-    marker = w.close("run1")
-    assert marker["rows"] == 630 and list(marker["files"].values()) == [250, 250, 130]
+    assert w.close() == 630
+    marker = commit.seal(tmp_path / "t", tmp_path / "final", "run1")
+    assert marker.rows == 630 and list(marker.files.values()) == [250, 250, 130]
     assert sorted(p.name for p in (tmp_path / "t").iterdir()) == [
         "_SUCCESS", "part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
     meta = pq.ParquetFile(tmp_path / "t" / "part-00000.parquet").metadata
     assert meta.num_rows == 250 and max(meta.row_group(i).num_rows for i in range(meta.num_row_groups)) <= 100
-    back = pa.concat_tables(pq.read_table(tmp_path / "t" / n) for n in marker["files"])
+    back = pa.concat_tables(pq.read_table(tmp_path / "t" / n) for n in marker.files)
     assert back.column("item_id").to_pylist() == list(range(630))
     assert json.loads((tmp_path / "t" / "_SUCCESS").read_text())["run_id"] == "run1"
 
 
 def test_empty_table_still_has_a_part_with_the_schema(tmp_path):
-    marker = TableWriter(tmp_path / "t", SCHEMA, 10, 10).close("r")
-    assert marker == {"run_id": "r", "rows": 0, "files": {"part-00000.parquet": 0}}
+    assert TableWriter(tmp_path / "t", SCHEMA, 10, 10).close() == 0
+    marker = commit.seal(tmp_path / "t", tmp_path / "final", "r")
+    assert (marker.run_id, marker.rows, marker.files) == ("r", 0, {"part-00000.parquet": 0})
     assert pq.read_schema(tmp_path / "t" / "part-00000.parquet") == SCHEMA
-
-
-def stage(job: JobDir, run_id: str, date: str, n: int, tables=("popular",)) -> None:
-    for table in tables:
-        w = TableWriter(job.staging(run_id) / table / f"dt={date}", SCHEMA, 10_000, 10_000)
-        w.write(rows(n))
-        w.close(run_id)
-
-
-def release(job: JobDir, run_id: str, date: str, tables=("popular",)) -> None:
-    for table in tables:
-        publish.publish_partition(job.staging(run_id) / table / f"dt={date}", job.partition(table, date))
-    publish.write_atomic(job.manifest(date), json.dumps({"run_id": run_id, "tables": {t: {} for t in tables}}))
-    publish.set_latest(job, date)
 
 
 def test_publish_new_then_replace_by_exchange(tmp_path):
     job = JobDir(tmp_path / "job")
     stage(job, "r1", "2026-11-01", 5)
     release(job, "r1", "2026-11-01")
-    assert publish.is_published(job, "2026-11-01")
+    assert is_published(job, "2026-11-01")
     stage(job, "r2", "2026-11-01", 7)
     release(job, "r2", "2026-11-01")
     part = job.partition("popular", "2026-11-01")
-    assert sorted(p.name for p in part.iterdir()) == ["_SUCCESS", "part-00000.parquet"]
-    assert pq.read_table(part / "part-00000.parquet").num_rows == 7
+    assert sorted(p.name for p in part.iterdir()) == ["_SUCCESS", "part-00001.parquet"]  # after the replaced
+    assert pq.read_table(part / "part-00001.parquet").num_rows == 7
     old = job.staging("r2") / "popular" / "dt=2026-11-01"  # the old one waits here until the run ends
     assert pq.read_table(old / "part-00000.parquet").num_rows == 5
-    publish.clear_staging(job)
+    commit.clear_staging(job)
     assert not old.exists()
 
 
@@ -76,10 +60,10 @@ def test_a_date_is_published_only_when_every_table_carries_the_manifest_run(tmp_
     stage(job, "r1", "2026-11-01", 5, ("u2i", "popular"))
     release(job, "r1", "2026-11-01", ("u2i", "popular"))
     # a crashed forced rerun that swapped u2i but wrote no manifest: not fully published
-    stage(job, "r2", "2026-11-01", 6, ("u2i",))
-    publish.publish_partition(job.staging("r2") / "u2i" / "dt=2026-11-01", job.partition("u2i", "2026-11-01"))
-    assert not publish.is_published(job, "2026-11-01")
-    assert publish.published_dates(job) == []
+    stage(job, "r2", "2026-11-01", 6, ("u2i",)).seal("u2i")
+    commit.publish_partition(job.staging("r2") / "u2i" / "dt=2026-11-01", job.partition("u2i", "2026-11-01"))
+    assert not is_published(job, "2026-11-01")
+    assert published_dates(job) == []
     with pytest.raises(LookupError, match="not published"):
         read_table("job", "u2i", "2026-11-01", output=tmp_path)
 
@@ -89,8 +73,8 @@ def test_latest_only_moves_forward(tmp_path):
     for run, date in (("r1", "2026-11-05"), ("r2", "2026-11-03")):
         stage(job, run, date, 3)
         release(job, run, date)
-    assert publish.latest(job) == "2026-11-05"
-    assert publish.published_dates(job) == ["2026-11-03", "2026-11-05"]
+    assert latest(job) == "2026-11-05"
+    assert published_dates(job) == ["2026-11-03", "2026-11-05"]
     assert len(read_table("job", "popular", output=tmp_path)) == 3
 
 
@@ -100,17 +84,17 @@ def test_retention_keeps_keep_days_before_latest(tmp_path):
     for i, date in enumerate(dates):
         stage(job, f"r{i}", date, 2)
         release(job, f"r{i}", date)
-    removed = publish.retire(job, keep_days=3, tables=["popular"], run_id="rx")
+    removed = commit.retire(job, keep_days=3, run_id="rx")
     assert removed == dates[:7]
-    assert publish.published_dates(job) == dates[7:]
+    assert published_dates(job) == dates[7:]
     assert sorted(p.name for p in (job.root / "popular").iterdir()) == [f"dt={d}" for d in dates[7:]]
 
 
 def test_clear_staging_removes_leftovers(tmp_path):
     job = JobDir(tmp_path / "job")
     stage(job, "crashed", "2026-11-01", 5)
-    assert publish.clear_staging(job) == ["crashed"]
-    assert list((job.root / publish.STAGING).iterdir()) == []
+    assert commit.clear_staging(job) == ["crashed"]
+    assert list((job.root / STAGING).iterdir()) == []
 
 
 def test_reader_refuses_unknown_tables_and_empty_jobs(tmp_path):
@@ -121,7 +105,7 @@ def test_reader_refuses_unknown_tables_and_empty_jobs(tmp_path):
 
 
 def test_write_atomic_leaves_no_temp_files(tmp_path: Path):
-    publish.write_atomic(tmp_path / "a" / "f.json", "{}")
-    publish.write_atomic(tmp_path / "a" / "f.json", '{"x": 1}')
+    write_atomic(tmp_path / "a" / "f.json", "{}")
+    write_atomic(tmp_path / "a" / "f.json", '{"x": 1}')
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["f.json"]
     assert json.loads((tmp_path / "a" / "f.json").read_text()) == {"x": 1}

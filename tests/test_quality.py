@@ -9,11 +9,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from recall.config import EvaluateSection
-from recall.evaluate import Split, holdout_split, last_fraction, ranking_metrics
-from recall.matrix import US_PER_DAY, encode
-from recall.validate import CleanLog
-from tests.conftest import RUN_DATE
+from recall.spec.sections import EvaluateSection
+from recall.evaluate.metrics import Relevant, ranking_metrics
+from recall.evaluate.split import holdout_split, last_fraction
+from recall.ingest.prepare import encode
+from recall.model.matrix import US_PER_DAY
+from recall.ingest.validate import CleanLog
+from tests.support.project import RUN_DATE
 
 DATE = RUN_DATE.isoformat()
 
@@ -25,14 +27,14 @@ def inter_of(users, items, ts=None):
 
 
 def test_recall_is_hits_over_min_k_relevant_and_ndcg_is_one_for_a_perfect_list():
-    split = Split(inter_of([0, 1], [0, 1]), np.array([0, 0, 0, 1]), np.array([3, 4, -1, 2]), "t", 0)
+    relevant = Relevant(np.array([0, 0, 0, 1]), np.array([3, 4, -1, 2]))
     users = np.array([0, 1])
     lists = np.array([[3, 4], [5, 6]])
-    m = ranking_metrics(lists, users, split, n_items=10, k=2)
+    m = ranking_metrics(lists, users, relevant, n_items=10, k=2)
     # user 0: 2 hits of min(2, 3 relevant) -> 1.0; user 1: 0 of 1 -> 0.0
-    assert m["recall"] == 0.5 and m["hit_rate"] == 0.5 and m["users"] == 2
-    assert m["ndcg"] == pytest.approx(0.5)
-    assert m["coverage"] == pytest.approx(4 / 10)
+    assert m.recall == 0.5 and m.hit_rate == 0.5 and m.users == 2
+    assert m.ndcg == pytest.approx(0.5)
+    assert m.coverage == pytest.approx(4 / 10)
 
 
 def test_temporal_split_holds_out_the_last_days_and_drops_items_seen_in_training():
@@ -43,8 +45,8 @@ def test_temporal_split_holds_out_the_last_days_and_drops_items_seen_in_training
     split = holdout_split(inter, EvaluateSection(holdout_days=1), end)
     assert split.cutoff_us == 9 * US_PER_DAY
     items = split.train.items.values.to_pylist()
-    pairs = sorted(zip(split.train.users.values.take(pa.array(split.test_user)).to_pylist(),
-                       [items[i] if i >= 0 else None for i in split.test_item]))
+    pairs = sorted(zip(split.train.users.values.take(pa.array(split.relevant.user)).to_pylist(),
+                       [items[i] if i >= 0 else None for i in split.relevant.item]))
     assert pairs == [(2, None)]  # item 12 is new in the holdout: relevant, never a hit
 
 
@@ -61,7 +63,7 @@ def test_random_split_is_seeded():
     c = holdout_split(inter, EvaluateSection(split="user_random", holdout_fraction=0.3), 0, seed=2)
     kept = lambda split: split.train.items.values.to_pylist()  # noqa: E731 (what stayed in training)
     assert kept(a) == kept(b) != kept(c)
-    assert a.test_user.size == 30 and len(kept(a)) == 70
+    assert a.relevant.user.size == 30 and len(kept(a)) == 70
 
 
 def published(root: Path) -> dict[str, bytes]:
@@ -76,7 +78,7 @@ def test_metrics_per_source_and_backtest_land_in_the_manifest(project, cli):
     assert res.returncode == 0, res.stderr
     m = json.loads((project / "data/recall/small/_manifest" / f"dt={DATE}.json").read_text())
     metrics = m["metrics"]
-    assert set(metrics["sources"]) == {"als", "item_based", "recent_popular"}
+    assert set(metrics["sources"]) == {"als", "item_based", "recent_popular", "popular", "ease"}
     for block in (*metrics["sources"].values(), metrics["merged"], metrics["popular_baseline"]):
         assert set(block) >= {"recall", "ndcg", "hit_rate", "coverage", "users"}
     assert metrics["split"].startswith("temporal")
@@ -113,7 +115,7 @@ def test_gate_relative_drop_against_the_previous_run(project, cli):
     assert "max_recall_drop" in res.stderr and "previous run's" in res.stderr
 
 
-def test_tune_is_deterministic_and_prints_a_toml_snippet(project, cli):
+def test_tune_is_deterministic_and_its_settings_merge_into_a_spec_that_has_those_sections(project, cli):
     import tomllib
 
     args = ("tune", "small", "--date", DATE, "--trials", "2", "--budget", "300", "--seed", "3")
@@ -121,17 +123,20 @@ def test_tune_is_deterministic_and_prints_a_toml_snippet(project, cli):
     assert a.returncode == 0, a.stderr
     strip = lambda text: re.sub(r"\s+\d+\.\d  ", " ", text)  # noqa: E731 (drop the seconds column)
     assert strip(a.stdout) == strip(b.stdout)
-    snippet = a.stdout.split("# paste into the job spec:")[1]
-    parsed = tomllib.loads(snippet)
-    assert set(parsed["model"]) == {"factors", "regularization", "alpha", "iterations", "weighting"}
-    assert parsed["recall"]["u2i"]["sources"]
     assert a.stdout.count("\nals ") == 2  # two ALS trials
-    # the snippet is a valid override of the spec
-    spec_text = (project / "jobs" / "small.toml").read_text()
-    (project / "jobs" / "tuned.toml").write_text(spec_text.replace("[model]\nfactors = 16\niterations = 6\nthreads = 1\n", "")
-                                                 .replace("[recall.u2i]\nk = 20\n", "") + snippet
-                                                 .replace("[recall.u2i]", "[recall.u2i]\nk = 20"))
-    assert cli(project, "check", "tuned", "--date", DATE).returncode == 0
+    assert re.search(r"trials scored on \d+ users, the result reported on \d+ others", a.stdout)
+    snippet = tomllib.loads(a.stdout.split("(recall tune --apply merges them into it):")[1])
+    assert snippet["recall"]["u2i"]["blend"] == "weighted" and snippet["recall"]["u2i"]["weights"]
+    # the spec already has [model] and [recall.u2i] (pasting would declare them twice): --apply merges
+    spec = project / "jobs" / "small.toml"
+    spec.write_text("# my job, hand-written\n" + spec.read_text())
+    applied = cli(project, *args, "--apply")
+    assert applied.returncode == 0, applied.stderr
+    merged = tomllib.loads(spec.read_text())
+    assert spec.read_text().startswith("# my job, hand-written\n")
+    assert merged["recall"]["u2i"]["k"] == 20 and merged["recall"]["u2i"]["weights"] == snippet["recall"]["u2i"]["weights"]
+    assert merged["model"]["threads"] == 1 and merged["model"].items() >= snippet.get("model", {}).items()
+    assert cli(project, "check", "small", "--date", DATE).returncode == 0
 
 
 def test_report_renders_every_published_date(project, cli):

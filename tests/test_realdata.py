@@ -9,11 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recall import datasets
-from recall.config import load_spec
-from recall.evaluate import holdout_split, ranking_metrics, sample_users
-from recall.matrix import confidence, decayed, to_csr
-from tests.conftest import REPO, run_cli
+from recall.samples import datasets
+from recall.jobs import load_job as load_spec
+from recall.evaluate.metrics import ranking_metrics, sample_users
+from recall.evaluate.split import holdout_split
+from recall.ingest.prepare import prepare
+from recall.ingest.window import Window
+from recall.model.matrix import confidence, decayed, to_csr
+from tests.support.cli import run_cli
+from tests.support.project import REPO
 
 pytestmark = pytest.mark.realdata
 CASES = {"movielens": "2018-09-24", "movietweetings": "2013-09-01", "lastfm": "2011-05-01"}
@@ -34,9 +38,8 @@ def implicit_peer(spec, root: Path, date: str) -> float:
     from implicit.cpu.als import AlternatingLeastSquares
     from threadpoolctl import threadpool_limits
 
-    from recall.cli import prepared_window
-
-    window, _, _, inter, _ = prepared_window(spec, root, dt.date.fromisoformat(date))
+    window = Window(dt.date.fromisoformat(date), spec.job.lookback_days, spec.job.timezone)
+    inter = prepare(spec, window, root).inter
     split = holdout_split(inter, spec.evaluate, window.bounds_us()[1], spec.model.random_state)
     user_items = to_csr(split.train)
     m = spec.model
@@ -45,9 +48,9 @@ def implicit_peer(spec, root: Path, date: str) -> float:
         model = AlternatingLeastSquares(factors=m.factors, regularization=m.regularization, alpha=m.alpha,
                                         iterations=m.iterations, random_state=m.random_state, num_threads=2)
         model.fit(confidence(to_csr(split.train, weights), m), show_progress=False)
-    users = sample_users(split, spec.evaluate.max_users, spec.model.random_state)
+    users = sample_users(split.relevant, spec.evaluate.max_users, spec.model.random_state)
     ids, _ = model.recommend(users, user_items[users], N=spec.evaluate.k, filter_already_liked_items=True)
-    return ranking_metrics(np.asarray(ids, np.int64), users, split, user_items.shape[1], spec.evaluate.k)["recall"]
+    return ranking_metrics(np.asarray(ids, np.int64), users, split.relevant, user_items.shape[1], spec.evaluate.k).recall
 
 
 @pytest.mark.parametrize("name", list(CASES))

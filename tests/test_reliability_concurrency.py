@@ -12,24 +12,12 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from recall.reader import read_arrow
-from tests.reliability import (
-    DATE,
-    FORCED,
-    LogTail,
-    assert_consistent,
-    assert_refused,
-    cli_bg,
-    manifest,
-    out_dir,
-    published,
-    published_template,
-    record,
-    staging_left,
-    wait_for,
-)
+from recall.store.reader import read_arrow
+from tests.support.cli import LogTail, wait_for
+from tests.support.failures import assert_refused, record
+from tests.support.files import assert_consistent, history, manifest, out_dir, staging_left
+from tests.support.project import DATE, FORCED
 
-__all__ = ["cli_bg", "published", "published_template"]  # fixtures used below
 
 SLOW = ["--set", "model.iterations=300", "--set", "evaluate.holdout_days=0"]  # ~2 s of training: runs overlap
 
@@ -46,13 +34,9 @@ def lock_holder(out: Path) -> int | None:
         return None
 
 
-def history(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "_history.jsonl").read_text().splitlines()]
-
-
 def test_same_job_twice_the_second_exits_75_naming_the_holder(published: Path, cli, cli_bg):
     out = out_dir(published)
-    runs_before = len(history(out))
+    runs_before = len(history(published))
     log = LogTail(published)
     first = cli_bg(published, *FORCED, *SLOW)
     wait_for(first, lambda: lock_holder(out) == first.pid, "the first run holds the lock")
@@ -66,7 +50,7 @@ def test_same_job_twice_the_second_exits_75_naming_the_holder(published: Path, c
     assert_consistent(out)
     # the loser wrote nothing: one new run in the log and in the history, the winner's
     assert log.text().count(": window ") == 1
-    new = history(out)[runs_before:]
+    new = history(published)[runs_before:]
     assert [r["run_id"] for r in new] == [manifest(out)["run_id"]]
     assert staging_left(out) == []
 

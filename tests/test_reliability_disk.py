@@ -12,25 +12,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from tests.support.cli import resume, wait_for_stderr
+from tests.support.failures import assert_refused, record
+from tests.support.files import assert_consistent, out_dir, published_files, staging_left, success_markers
+from tests.support.project import DATE, FORCED
 
-from tests.reliability import (
-    DATE,
-    FORCED,
-    assert_consistent,
-    assert_refused,
-    cli_bg,
-    out_dir,
-    published,
-    published_files,
-    published_template,
-    record,
-    resume,
-    staging_left,
-    success_markers,
-    wait_for_stderr,
-)
 
-__all__ = ["cli_bg", "published", "published_template"]  # fixtures used below
 
 
 

@@ -12,24 +12,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from tests.support.failures import assert_refused, assert_untouched, record
+from tests.support.files import assert_consistent, out_dir, published_files, success_markers
+from tests.support.inputs import window_frame, write_csv, write_partitioned
+from tests.support.project import DATE
 
-from tests.reliability import (
-    DATE,
-    assert_consistent,
-    assert_refused,
-    assert_untouched,
-    out_dir,
-    published,
-    published_files,
-    published_template,
-    record,
-    success_markers,
-    window_frame,
-    write_csv,
-    write_partitioned,
-)
 
-__all__ = ["published", "published_template"]  # fixtures used below
 
 BAD_DAY = "2026-11-18"  # the file that holds a case's bad rows
 SHARE = 0.05  # of the window's rows: past the default max_bad_fraction of 0.01

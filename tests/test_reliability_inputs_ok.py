@@ -14,19 +14,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from tests.support.failures import record
+from tests.support.files import assert_consistent, manifest, out_dir, table
+from tests.support.inputs import window_frame, write_csv, write_partitioned
+from tests.support.project import DATE, write_spec
 
-from tests.conftest import write_spec
-from tests.reliability import (
-    DATE,
-    assert_consistent,
-    manifest,
-    out_dir,
-    record,
-    table,
-    window_frame,
-    write_csv,
-    write_partitioned,
-)
 
 FAST = ["--set", "evaluate.holdout_days=0"]
 K = 20  # recall.u2i.k of the test spec

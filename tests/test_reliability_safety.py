@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from recall.reader import read_table
-from tests.conftest import write_spec
-from tests.reliability import DATE, assert_consistent, assert_refused, out_dir, record
+from recall.store.reader import read_table
+from tests.support.failures import assert_refused, record
+from tests.support.files import assert_consistent, out_dir
+from tests.support.project import DATE, write_spec
 
 RECALL = Path(__file__).resolve().parent.parent / "recall"
 

@@ -8,12 +8,14 @@ import json
 import os
 import time
 
-from recall import history
-from recall.config import load_spec
-from recall.pipeline import RunOptions, run_job
-from recall.publish import JobDir
-from tests.conftest import run_cli
-from tests.opskit import logged, out_dir, partitions, tiny_project, tree_bytes
+from recall.store import history
+from recall.jobs import load_job as load_spec
+from recall.run.nightly import RunOptions, run_job
+from recall.store.layout import JobDir
+from recall.store.records import RunRecord
+from tests.support.cli import run_cli
+from tests.support.files import logged, out_dir, partitions, tree_bytes
+from tests.support.project import tiny_project
 
 KEEP = 5
 NIGHTS = 40
@@ -44,7 +46,7 @@ def test_forty_nights_keep_partitions_logs_and_disk_bounded(tmp_path):
         assert not any((out / "_staging").iterdir())
         if night == 20:
             assert "cleared 1 staging folder(s) left by earlier runs" in logged(root, "tiny")
-        history_size = (out / history.HISTORY).stat().st_size
+        history_size = (out / "_history.jsonl").stat().st_size
         all_bytes.append(tree_bytes(out))
         data_bytes.append(all_bytes[-1] - history_size)
 
@@ -80,12 +82,12 @@ def test_forty_nights_keep_partitions_logs_and_disk_bounded(tmp_path):
 def test_run_history_is_trimmed(tmp_path):
     out = JobDir(tmp_path / "job")
     for i in range(history.MAX_RUNS + 5):
-        history.append(out, {"date": "2026-11-20", "run_id": str(i)})
+        history.append(out, RunRecord("2026-11-20", str(i), "published", 0))
     runs = history.runs(out)
-    assert len(runs) == history.MAX_RUNS and runs[0]["run_id"] == "5" and runs[-1]["run_id"] == str(history.MAX_RUNS + 4)
-    with open(history.path_of(out), "a") as fh:
+    assert len(runs) == history.MAX_RUNS and runs[0].run_id == "5" and runs[-1].run_id == str(history.MAX_RUNS + 4)
+    with open(out.history_file, "a") as fh:
         fh.write('{"date": "2026-11-21", "run_')  # a line torn by a crash is skipped when read
     assert len(history.runs(out)) == history.MAX_RUNS
-    history.append(out, {"date": "2026-11-22", "run_id": "after"})  # starts on a line of its own
-    assert history.runs(out)[-1]["run_id"] == "after"
-    assert json.loads(history.path_of(out).read_text().splitlines()[0])["run_id"] == "7"  # the torn line counted
+    history.append(out, RunRecord("2026-11-22", "after", "published", 0))  # starts on a line of its own
+    assert history.runs(out)[-1].run_id == "after"
+    assert json.loads(out.history_file.read_text().splitlines()[0])["run_id"] == "7"  # the torn line counted

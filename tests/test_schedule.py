@@ -12,9 +12,10 @@ import pytest
 from croniter import croniter
 from crontab import CronTab
 
-from recall import schedule
-from tests.conftest import run_cli
-from tests.opskit import out_dir, tiny_project, tiny_spec, yesterday
+from recall.ops import schedule
+from tests.support.cli import run_cli
+from tests.support.files import out_dir
+from tests.support.project import tiny_project, tiny_spec, yesterday
 
 # a user's crontab as people write them: env lines (one after the last job), odd spacing,
 # a '%' in a command, comments, a disabled job, @reboot, a line that mentions "recall"

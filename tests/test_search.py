@@ -10,9 +10,12 @@ import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recall import index
-from recall.candidates import Batch, nearest_unseen
-from tests.conftest import RUN_DATE
+from recall.kernel import keys, search
+from recall.kernel.search import search as search_index
+from recall.kernel.state import ItemSide, Ranking, UserBatch
+from recall.model import index
+from recall.sources.als import candidates as als_candidates
+from tests.support.project import RUN_DATE
 
 
 def brute_force(queries, vectors, item_idx, k, exclude=None):
@@ -35,9 +38,8 @@ def integer_vectors(rng, n, dim):
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_exact_search_equals_brute_force_with_ties_and_exclusions(monkeypatch, threads):
-    monkeypatch.setattr(index, "TILE_QUERIES", 37)  # several query tiles and item tiles,
-    monkeypatch.setattr(index, "TILE_ITEMS", 64)  # so the running threshold and merges are used
-    monkeypatch.setattr(index.faiss, "omp_get_max_threads", lambda: threads)
+    monkeypatch.setattr(search, "TILE_QUERIES", 37)  # several query tiles and item tiles,
+    monkeypatch.setattr(search, "TILE_ITEMS", 64)  # so the running threshold and merges are used
     rng = np.random.default_rng(3)
     vectors = integer_vectors(rng, 700, 6)  # 6 dims of -2..2: many exactly equal scores
     queries = integer_vectors(rng, 150, 6)
@@ -45,7 +47,7 @@ def test_exact_search_equals_brute_force_with_ties_and_exclusions(monkeypatch, t
     exclude.data[:] = 1
     exclude.sort_indices()
     searcher = index.exact_index(vectors, np.arange(700))
-    got, got_scores = searcher.search(queries, 40, exclude=exclude)
+    got, got_scores = search_index(searcher, queries, 40, exclude=exclude, threads=threads)
     want, want_scores = brute_force(queries, vectors, np.arange(700), 40, exclude)
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(got_scores, want_scores.astype(np.float32))
@@ -61,7 +63,7 @@ def test_exact_search_over_a_subset_short_rows_and_unknown_exclusions():
     exclude = sp.csr_matrix(([1] * (3 + allowed.size), ([0, 0, 1] + [2] * allowed.size,
                                                         [int(allowed[0]), 1, 49] + allowed.tolist())), shape=(3, 50))
     exclude.sort_indices()
-    got, scores = searcher.search(queries, 100, exclude=exclude)
+    got, scores = search_index(searcher, queries, 100, exclude=exclude)
     assert got.shape == (3, allowed.size)  # k above the index size: the whole index
     want, _ = brute_force(queries, all_vectors[allowed], allowed, allowed.size, exclude)
     np.testing.assert_array_equal(got, want)
@@ -75,12 +77,12 @@ def test_exact_search_over_a_subset_short_rows_and_unknown_exclusions():
 def test_packed_keys_order_by_score_then_item_and_round_trip(pairs):
     scores = np.array([s for s, _ in pairs], np.float32) + np.float32(0)
     items = np.array([i for _, i in pairs], np.int64)
-    keys = index.pack(scores, items)
-    back_items, back_scores = index.unpack(keys)
+    packed = keys.pack(scores, items)
+    back_items, back_scores = keys.unpack(packed)
     np.testing.assert_array_equal(back_items, items)
     real = items >= 0
     np.testing.assert_array_equal(back_scores[real], scores[real])
-    order = np.argsort(keys, kind="stable")
+    order = np.argsort(packed, kind="stable")
     want = np.lexsort((np.where(real, items, 2**32), -scores.astype(np.float64)))
     np.testing.assert_array_equal(scores[order], scores[want])
     np.testing.assert_array_equal(items[order][real[order]], items[want][real[want]])
@@ -98,13 +100,13 @@ def test_approximate_search_recall_and_exact_scores():
     seen = sp.random(400, 6000, density=0.002, random_state=1, format="csr")
     seen.data[:] = 1
     seen.sort_indices()
-    allowed = np.ones(6000, bool)
-    batch = Batch(np.arange(400), seen, 6000)
+    popular = Ranking(np.arange(6000), np.zeros(6000, np.float32))
+    batch = UserBatch(np.arange(400), seen, users)
     exact = index.exact_index(items, np.arange(6000))
-    approx = index.approx_index(items, np.arange(6000), nlist=0, nprobe=0, seed=1, k=50)
+    approx = index.approx_index(items, np.arange(6000), nlist=0, nprobe=0, seed=1, threads=1, k=50)
     assert (approx.nlist, approx.nprobe) == index.ivf_defaults(6000, 50)
-    want, _ = nearest_unseen(exact, users, batch, allowed, 50)
-    got, got_scores = nearest_unseen(approx, users, batch, allowed, 50)
+    want, _ = als_candidates(ItemSide(np.ones(6000, bool), popular, {"als": exact}), batch, 50, 1)
+    got, got_scores = als_candidates(ItemSide(np.ones(6000, bool), popular, {"als": approx}), batch, 50, 2)
     recall = np.mean([len(set(g) & set(w)) / 50 for g, w in zip(got, want)])
     assert recall >= 0.9
     found = got >= 0

@@ -5,10 +5,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from recall.config import InputSection
+from recall.spec.sections import InputSection
 from recall.errors import InputError
-from recall.io import FileRead, RawLog
-from recall.validate import validate
+from recall.ingest.read import FileRead, RawLog
+from recall.ingest.validate import validate
 
 
 def raw(users, items, weight=None, event=None, ts=None, files=1) -> RawLog:
@@ -45,7 +45,7 @@ def test_each_check_counts_and_refuses_above_the_threshold(kwargs, check, column
     with pytest.raises(InputError) as err:
         validate(raw(**kwargs), spec)
     msg = str(err.value)
-    assert f"1 of 10 rows" in msg and check in msg and f"column {column!r}" in msg and "f0.parquet" in msg
+    assert "1 of 10 rows" in msg and check in msg and f"column {column!r}" in msg and "f0.parquet" in msg
     spec.max_bad_fraction = 0.2
     clean, bad = validate(raw(**kwargs), spec)
     assert clean.rows == 9 and bad.bad_rows == 1

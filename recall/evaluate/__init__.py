@@ -1,0 +1,1 @@
+"""Measuring quality: holdout splits and metrics, the backtest, the quality gate, tuning."""

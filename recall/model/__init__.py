@@ -1,0 +1,1 @@
+"""Training: the matrix, ALS, the item index, item-item neighbours, rankings."""

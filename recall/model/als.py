@@ -1,0 +1,37 @@
+"""Train implicit's ALS on the confidence matrix, with BLAS pinned so threads are not oversubscribed."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+from implicit.cpu.als import AlternatingLeastSquares
+from threadpoolctl import threadpool_limits
+
+from recall.spec.sections import ModelSection
+
+
+@dataclass
+class Factors:
+    users: np.ndarray  # float32, C-contiguous, n_users x factors
+    items: np.ndarray  # float32, C-contiguous, n_items x factors
+
+
+def train_als(user_items: sp.csr_matrix, spec: ModelSection, threads: int, show_progress: bool = False) -> Factors:
+    """Fit ALS on `user_items` (users x items, the `r` of confidence 1 + alpha * r)."""
+    # implicit parallelises over users itself; a multi-threaded BLAS underneath only fights it.
+    with threadpool_limits(limits=1, user_api="blas"):
+        model = AlternatingLeastSquares(
+            factors=spec.factors,
+            regularization=spec.regularization,
+            alpha=spec.alpha,
+            iterations=spec.iterations,
+            random_state=spec.random_state,
+            num_threads=threads,
+            calculate_training_loss=False,
+        )
+        model.fit(user_items, show_progress=show_progress)
+    return Factors(
+        users=np.ascontiguousarray(model.user_factors, dtype=np.float32),
+        items=np.ascontiguousarray(model.item_factors, dtype=np.float32),
+    )

@@ -1,0 +1,54 @@
+"""Item-item neighbours: from co-occurrence (implicit's BM25 / cosine item-kNN) or by the cosine
+of the ALS item factors (the i2i table, and item_based with similarity = "als")."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import scipy.sparse as sp
+from implicit.nearest_neighbours import BM25Recommender, CosineRecommender
+
+from recall.kernel.rows import compact
+from recall.kernel.search import search
+from recall.kernel.state import Neighbours
+from recall.model.index import exact_index, normalised
+
+I2I_BATCH = 8192
+
+
+def cosine_neighbours(item_vectors: np.ndarray, allowed: np.ndarray, k: int, threads: int) -> Neighbours:
+    """Top-k cosine neighbours of every item among allowed items, the item itself excluded."""
+    unit = normalised(item_vectors)
+    allowed_idx = np.flatnonzero(allowed)
+    index = exact_index(unit[allowed_idx], allowed_idx)
+    n = len(unit)
+    items = np.full((n, k), -1, np.int64)
+    scores = np.full((n, k), -np.inf, np.float32)
+    for start in range(0, n, I2I_BATCH):
+        rows = np.arange(start, min(start + I2I_BATCH, n))
+        got, got_scores = search(index, unit[rows], k + 1, threads=threads)
+        valid = (got >= 0) & (got != rows[:, None]) & np.isfinite(got_scores)
+        items[rows], scores[rows] = compact(valid, k, got, got_scores, fills=(-1, -np.inf))
+    return Neighbours(items, scores)
+
+
+def cooccurrence_neighbours(user_items: sp.csr_matrix, kind: str, k: int, allowed: np.ndarray) -> Neighbours:
+    """Top-k item-kNN neighbours from co-occurrence (implicit's BM25 / cosine recommenders)."""
+    model = (BM25Recommender if kind == "bm25" else CosineRecommender)(K=k + 1, num_threads=1)
+    with warnings.catch_warnings():
+        # implicit transposes internally and then warns about its own COO matrix
+        warnings.filterwarnings("ignore", message="Method expects CSR input")
+        model.fit(user_items.tocsr(), show_progress=False)
+    sim = model.similarity.tocoo()
+    keep = (sim.row != sim.col) & allowed[sim.col] & (sim.data > 0)
+    row, col, val = sim.row[keep], sim.col[keep].astype(np.int64), sim.data[keep].astype(np.float32)
+    order = np.lexsort((col, -val, row))
+    row, col, val = row[order], col[order], val[order]
+    rank = np.arange(row.size) - np.searchsorted(row, row)
+    top = rank < k
+    n = user_items.shape[1]
+    items = np.full((n, k), -1, np.int64)
+    scores = np.full((n, k), -np.inf, np.float32)
+    items[row[top], rank[top]] = col[top]
+    scores[row[top], rank[top]] = val[top]
+    return Neighbours(items, scores)

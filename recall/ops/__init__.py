@@ -1,0 +1,1 @@
+"""Operations around runs: the job lock, logs, the crontab, status and the report."""

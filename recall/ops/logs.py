@@ -1,0 +1,67 @@
+"""loguru sinks: the job's rotating file, and stderr (progress on a terminal, problems under cron)."""
+from __future__ import annotations
+
+import errno
+import os
+import sys
+from pathlib import Path
+
+from loguru import logger
+
+from recall.spec.sections import LogSection
+from recall.errors import SpecError
+
+FILE_FORMAT = ("{time:YYYY-MM-DD HH:mm:ss.SSS ZZ} | {level: <7} | job={extra[job]} date={extra[date]} "
+               "run={extra[run_id]} | {message}")
+MIN_FREE = 64 * 1024  # below this the log file is not opened: a run logs a few KB
+CONSOLE_FORMAT = "<level>{level: <7}</level> {time:HH:mm:ss} {extra[job]} {extra[date]} | {message}"
+
+
+def interactive() -> bool:
+    return sys.stderr.isatty()
+
+
+def setup_console(verbose: bool = False) -> None:
+    """stderr shows progress when a person watches; under cron only warnings and worse.
+
+    Records bound with console=False (the full detail of a failure whose one-line summary
+    the CLI prints itself) stay out of stderr.
+    """
+    logger.remove()
+    logger.configure(extra={"job": "-", "date": "-", "run_id": "-"})
+    level = "DEBUG" if verbose else ("INFO" if interactive() else "WARNING")
+    logger.add(sys.stderr, level=level, format=CONSOLE_FORMAT, colorize=interactive(),
+               filter=lambda r: r["extra"].get("console", True))
+
+
+def add_job_file(spec: LogSection, job: str, root: Path) -> int:
+    """The job's log file; call only while holding the job's lock, so a loser never rotates it."""
+    folder = root / spec.dir  # an absolute dir replaces root
+    path = folder / f"{job}.log"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if free_bytes(folder) < MIN_FREE:  # else every record would print loguru's error report
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return logger.add(path, level=spec.level, format=FILE_FORMAT, rotation=spec.rotation,
+                          retention=spec.retention, compression=spec.compression or None,
+                          encoding="utf-8", enqueue=False, backtrace=False, diagnose=False,
+                          catch=True)
+    except (ValueError, TypeError) as exc:
+        raise SpecError(f"[log] settings refused by loguru: {exc}") from None
+    except OSError as exc:
+        # a log folder we cannot write must not stop the run, nor silence it: say so on stderr
+        logger.warning(f"cannot write log file {path}: {exc.strerror}; logging to stderr only")
+        return -1
+
+
+def free_bytes(folder: Path) -> int:
+    st = os.statvfs(folder)
+    return st.f_bavail * st.f_frsize
+
+
+def remove_sink(sink_id: int) -> None:
+    if sink_id >= 0:
+        try:
+            logger.remove(sink_id)
+        except (ValueError, OSError):  # OSError: the last flush hit a full disk; the run's outcome stands
+            pass

@@ -1,0 +1,1 @@
+"""Running jobs: the nightly run of one date, and many dates (catch-up, backfill)."""

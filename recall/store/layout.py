@@ -1,0 +1,96 @@
+"""Where things are under <output.path>/<job>/ (README, "The tables"):
+
+    <table>/dt=D/part-NNNNN.parquet, <table>/dt=D/_SUCCESS   published partitions
+    _manifest/dt=D.json                                      one manifest per published date
+    _LATEST                                                  newest fully published date
+    _staging/<run_id>/<table>/dt=D/                          a run's work in progress
+    _history.jsonl, _lock                                    the run history, the job's lock
+    _tuned.json                                              settings the run's own search chose
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from recall.spec.sections import JobSpec
+
+SUCCESS = "_SUCCESS"
+MANIFESTS = "_manifest"
+LATEST = "_LATEST"
+STAGING = "_staging"
+JOURNAL = "_PUBLISHING"
+HISTORY = "_history.jsonl"
+LOCK = "_lock"
+TUNED = "_tuned.json"
+TABLES = ("u2i", "i2i", "popular")  # the tables a run may publish (readers refuse other names)
+PART_RE = re.compile(r"^part-(\d{5,})\.parquet$")
+
+
+@dataclass(frozen=True)
+class JobDir:
+    """Paths of one job's output folder."""
+
+    root: Path  # <output.path>/<job>
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    def partition(self, table: str, date: str) -> Path:
+        return self.root / table / f"dt={date}"
+
+    def manifest(self, date: str) -> Path:
+        return self.root / MANIFESTS / f"dt={date}.json"
+
+    @property
+    def latest_file(self) -> Path:
+        return self.root / LATEST
+
+    @property
+    def history_file(self) -> Path:
+        return self.root / HISTORY
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / LOCK
+
+    @property
+    def tuned_file(self) -> Path:
+        return self.root / TUNED
+
+    def staging(self, run_id: str) -> Path:
+        return self.root / STAGING / run_id
+
+    def staged(self, run_id: str, table: str, date: str) -> Path:
+        return self.staging(run_id) / table / f"dt={date}"
+
+    def tables(self) -> list[str]:
+        """Table folders present (every folder not starting with '_' or '.')."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
+
+
+def job_dir(spec: JobSpec, root: Path) -> JobDir:
+    """A job's output folder: <output.path>/<job>, relative to the project folder `root`."""
+    return JobDir(root / spec.output.path / spec.name)  # an absolute path replaces root
+
+
+def part_name(number: int) -> str:
+    return f"part-{number:05d}.parquet"
+
+
+def next_part(final: Path) -> int:
+    """The first part number for a new run of the partition at `final`: after the numbers its
+    current files use, so that a reader that listed the old files and opens them after the swap
+    gets "not found", never a file of the new run in place of one of the old."""
+    numbers = [int(m.group(1)) for p in final.glob("part-*.parquet") if (m := PART_RE.match(p.name))]
+    return max(numbers) + 1 if numbers else 0
+
+
+def data_files(folder: Path) -> list[Path]:
+    """A partition's data files as any writer names them (ours, Spark's part-00000-<uuid>...),
+    leaving out markers and hidden files (`_SUCCESS`, `.crc`)."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix == ".parquet"
+                  and not p.name.startswith(("_", ".")))

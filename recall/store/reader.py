@@ -1,0 +1,98 @@
+"""Reader API for downstream: a published recall table as a pandas DataFrame.
+
+Only published partitions are read (named by _LATEST or having a manifest and _SUCCESS of the
+same run), and exactly the files their _SUCCESS lists, through one open handle on the
+partition folder, so a rerun swapping the partition mid-read cannot mix two runs.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from recall.spec.sections import JOB_NAME_RE
+from recall.store.layout import SUCCESS, TABLES, JobDir
+from recall.store.state import is_published, latest, published_dates as dates_of, read_manifest
+
+SETTLE_S = 2.0  # how long a date whose tables and manifest disagree is waited for
+
+
+def published_dates(job: str, output: str | Path = "data/recall") -> list[str]:
+    """Dates of `job` whose tables are all published, oldest first."""
+    return dates_of(JobDir(Path(output) / job))
+
+
+def read_table(job: str, table: str = "u2i", date: str | None = None, output: str | Path = "data/recall",
+               columns: list[str] | None = None) -> pd.DataFrame:
+    """The `table` of `job` for `date` (default: the newest published date, from _LATEST).
+
+    `output` is the job spec's [output] path. Raises LookupError when nothing is published.
+    """
+    return read_arrow(job, table, date, output, columns).to_pandas()
+
+
+def read_arrow(job: str, table: str = "u2i", date: str | None = None, output: str | Path = "data/recall",
+               columns: list[str] | None = None, where: pc.Expression | None = None) -> pa.Table:
+    """As read_table, as Arrow; `where` keeps matching rows only (row groups pruned by statistics,
+    e.g. `pc.field("user_id").isin(ids)` on the user-sorted u2i table)."""
+    if table not in TABLES:
+        raise ValueError(f"unknown table {table!r}; tables: {', '.join(TABLES)}")
+    if not JOB_NAME_RE.match(job):
+        raise ValueError(f"bad job name {job!r}: letters, digits, '_' and '-' only")
+    if date is not None:
+        dt.date.fromisoformat(date)  # a date, not a path: ValueError otherwise
+    out = JobDir(Path(output) / job)
+    chosen = date or latest(out)
+    deadline = time.monotonic() + SETTLE_S
+    while chosen and (manifest := read_manifest(out, chosen)) is not None:
+        if is_published(out, chosen):
+            if table not in manifest.tables:
+                raise LookupError(f"{job} {chosen} has no table {table!r} (tables: {', '.join(manifest.tables)})")
+            try:
+                return read_partition(out.partition(table, chosen), columns, where)
+            except FileNotFoundError:
+                pass  # swapped between listing and opening: read again
+        elif time.monotonic() > deadline:
+            break
+        else:
+            time.sleep(0.02)  # a rerun is publishing this date: it settles in milliseconds
+        chosen = date or latest(out)
+    if date is None:
+        # the newest date is half-republished by a run that died (the job's next run puts
+        # it back): serve the newest complete date meanwhile, never a mix
+        dates = published_dates(job, output)
+        if dates:
+            return read_partition(out.partition(table, dates[-1]), columns, where)
+    if not chosen:
+        raise LookupError(f"nothing published for job {job} under {output}")
+    raise LookupError(f"{job} {chosen} is not published under {output}")
+
+
+def read_partition(folder: Path, columns: list[str] | None, where: pc.Expression | None = None) -> pa.Table:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        marker = json.loads(read_at(fd, SUCCESS))
+        parts = []
+        for name in marker["files"]:
+            handle = os.open(name, os.O_RDONLY, dir_fd=fd)
+            with os.fdopen(handle, "rb") as fh:
+                parts.append(pq.read_table(fh, columns=columns, filters=where))
+        table = pa.concat_tables(parts)
+        if where is None and table.num_rows != marker["rows"]:
+            raise RuntimeError(f"{folder}: read {table.num_rows} rows, _SUCCESS says {marker['rows']}")
+        return table
+    finally:
+        os.close(fd)
+
+
+def read_at(dir_fd: int, name: str) -> bytes:
+    handle = os.open(name, os.O_RDONLY, dir_fd=dir_fd)
+    with os.fdopen(handle, "rb") as fh:
+        return fh.read()

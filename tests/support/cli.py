@@ -1,0 +1,100 @@
+"""The `recall` command line as a real process: run to the end, or started in the background to
+be paused, signalled or killed."""
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+
+def environment(env: dict | None) -> dict:
+    full = {**os.environ, **(env or {})}
+    full.pop("RECALL_ROOT", None)
+    return full
+
+
+def run_cli(root: Path, *args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m recall --root ROOT ARGS...` to its end."""
+    return subprocess.run([sys.executable, "-m", "recall", "--root", str(root), *args],
+                          capture_output=True, text=True, timeout=timeout, env=environment(env), cwd=root)
+
+
+def start_cli(root: Path, *args: str, env: dict | None = None, output: Path | None = None) -> subprocess.Popen:
+    """The same, started in the background: stderr piped, or stdout and stderr to `output`."""
+    cmd = [sys.executable, "-m", "recall", "--root", str(root), *args]
+    if output is not None:
+        return subprocess.Popen(cmd, stdout=open(output, "w"), stderr=subprocess.STDOUT, text=True,
+                                env=environment(env), cwd=root)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment(env),
+                            cwd=root)
+
+
+def resume(proc: subprocess.Popen, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Let a run paused at a test pause point go on (SIGUSR1) and wait for its end."""
+    os.kill(proc.pid, signal.SIGUSR1)
+    stdout, stderr = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def wait_for(proc: subprocess.Popen, condition: Callable[[], bool], what: str, timeout: float = 120) -> None:
+    """Poll `condition` every 10 ms while `proc` runs; fail if it exits or time runs out first."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            said = proc.stderr.read() if proc.stderr else ""
+            raise AssertionError(f"the run ended (exit {proc.returncode}) before {what}:\n{said}")
+        if time.monotonic() > deadline:
+            kill(proc)
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def wait_for_stderr(proc: subprocess.Popen, text: str, timeout: float = 120) -> str:
+    """Read the run's stderr until a line holding `text` (e.g. a test pause point) appears."""
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stderr], [], [], 0.1)
+        if ready:
+            line = proc.stderr.readline()
+            if not line and proc.poll() is not None:
+                break
+            seen.append(line)
+            if text in line:
+                return line
+    kill(proc)
+    raise AssertionError(f"{text!r} never appeared on stderr:\n{''.join(seen)}")
+
+
+def kill(proc: subprocess.Popen) -> int:
+    """SIGKILL the run (a real signal, no cleanup possible) and reap it."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    for stream in (proc.stdout, proc.stderr):
+        if stream:
+            stream.close()
+    return proc.returncode
+
+
+class LogTail:
+    """What a job's log gained since this object was made (the runs started after it)."""
+
+    def __init__(self, root: Path, job: str = "small") -> None:
+        self.path = root / "logs" / f"{job}.log"
+        self.offset = self.path.stat().st_size if self.path.exists() else 0
+
+    def text(self) -> str:
+        if not self.path.exists():
+            return ""
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset)
+            return fh.read().decode("utf-8", errors="replace")
+
+    def has(self, fragment: str) -> bool:
+        return fragment in self.text()
