@@ -1,9 +1,9 @@
-"""The compiled kernels (recall.compiled) against brute force and against today's numpy code:
-recall.index searches, recall.candidates.item_based and recall.recaller.cooccurrence_neighbours.
+"""The compiled kernels (recall.kernel.compiled) against brute force, against the reference
+implementations of tests/support/reference.py (numpy; implicit's item-kNN), and against FAISS's
+probe order.
 
 Integer-valued vectors make every product exact in float32, so ties are real ties and results
-must match bit for bit whatever tile shapes BLAS is called with; real-valued vectors are compared
-with today's search where the kernel is asked to use today's tiles and no early stop.
+must match bit for bit whatever tile shapes BLAS is called with.
 """
 from __future__ import annotations
 
@@ -13,13 +13,11 @@ import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-pytest.importorskip("numba", reason="recall.compiled needs numba (to be added to setup.cfg install_requires)")
-
-from recall import candidates as cand  # noqa: E402
-from recall import compiled as C  # noqa: E402
-from recall import index  # noqa: E402
-from recall.recaller import cooccurrence_neighbours  # noqa: E402
-from tests.test_search import brute_force, integer_vectors  # noqa: E402
+from recall.kernel import compiled as C
+from recall.kernel.keys import pack
+from recall.model import index
+from tests.support import reference
+from tests.test_search import brute_force, integer_vectors
 
 NO_EXCLUSIONS = (np.zeros(1, np.int64), np.zeros(0, np.int64))
 
@@ -48,7 +46,7 @@ def exact_inputs(searcher, exclude, rows):
 
 @pytest.mark.parametrize("early_stop", [True, False])
 @pytest.mark.parametrize("k", [1, 40, 700, 900])  # k = n, and k above the index size
-def test_exact_equals_brute_force_and_today_with_ties_and_exclusions(early_stop, k):
+def test_exact_equals_brute_force_with_ties_and_exclusions(early_stop, k):
     rng = np.random.default_rng(3)
     vectors = integer_vectors(rng, 700, 6)  # 6 dims of -2..2: many exactly equal scores
     queries = integer_vectors(rng, 150, 6)
@@ -63,31 +61,24 @@ def test_exact_equals_brute_force_and_today_with_ties_and_exclusions(early_stop,
     want, want_scores = padded(*brute_force(queries, vectors, np.arange(700), k, exclude), k)
     np.testing.assert_array_equal(items, want)
     np.testing.assert_array_equal(scores, want_scores)
-    today, today_scores = searcher.search(queries, k, exclude=exclude)
-    np.testing.assert_array_equal(items[:, :today.shape[1]], today)
-    np.testing.assert_array_equal(scores[:, :today.shape[1]], today_scores)
 
 
-def test_exact_real_vectors_bit_for_bit_with_today_on_todays_tiles():
-    """Same tiles as recall.index (512 x 1024) and no early stop: the same BLAS products, so the
-    same scores bit for bit and the same items."""
+def test_exact_real_vectors_agree_across_products_and_the_early_stop():
+    """numba's np.dot (SciPy's BLAS) and numpy's matmul, full scans and early stops: the same
+    items but for near-ties, scores up to float32 rounding of the products."""
     rng = np.random.default_rng(7)
     vectors = rng.standard_normal((3000, 16)).astype(np.float32) * rng.uniform(0.1, 2, (3000, 1)).astype(np.float32)
     queries = rng.standard_normal((700, 16)).astype(np.float32)
     exclude = random_csr(rng, 700, 3000, 0.01)
     searcher = index.exact_index(vectors, np.arange(3000))
     v, idx, ex_ptr, ex_pos = exact_inputs(searcher, exclude, 700)
-    items, scores = C.exact_search(queries, v, idx, 50, ex_ptr, ex_pos, np.full(3001, np.inf), product="numpy",
-                                   tile_queries=index.TILE_QUERIES, tile_items=index.TILE_ITEMS)
-    today, today_scores = searcher.search(queries, 50, exclude=exclude)
-    np.testing.assert_array_equal(items, today)
-    np.testing.assert_array_equal(scores, today_scores)
-    # another BLAS (numba's np.dot calls SciPy's), other tiles or the early stop's shrinking
-    # tiles may round a product differently in the last bit: items agree but for near-ties
+    full, full_scores = C.exact_search(queries, v, idx, 50, ex_ptr, ex_pos, np.full(3001, np.inf), product="numpy")
+    exact = queries.astype(np.float64) @ vectors.T.astype(np.float64)
+    np.testing.assert_allclose(full_scores, np.take_along_axis(exact, full, 1), rtol=1e-5, atol=1e-5)
     for product in ("numba", "numpy"):
         fast, fast_scores = C.exact_search(queries, v, idx, 50, ex_ptr, ex_pos, product=product)
-        np.testing.assert_allclose(fast_scores, today_scores, rtol=1e-5, atol=1e-6)
-        assert (fast == today).mean() > 0.999
+        np.testing.assert_allclose(fast_scores, full_scores, rtol=1e-5, atol=1e-6)
+        assert (fast == full).mean() > 0.999
 
 
 def test_exact_short_and_empty_rows_subset_and_unknown_exclusions():
@@ -154,11 +145,11 @@ def test_exact_property_against_brute_force(n, rows, k, seed, density):
     np.testing.assert_array_equal(scores, want_scores)
 
 
-def test_negative_zero_ranks_below_zero_as_todays_packed_keys():
-    # -0.0 and 0.0 are distinct keys in recall.index.pack: kept that way
+def test_negative_zero_ranks_below_zero_as_the_packed_keys_do():
+    # -0.0 and 0.0 are distinct keys in recall.kernel.keys.pack: kept that way
     keys = np.array([[C._key(np.float32(-0.0).view(np.uint32), 1), C._key(np.float32(0.0).view(np.uint32), 2)]],
                     np.uint64)
-    want = index.pack(np.array([-0.0, 0.0], np.float32), np.array([1, 2]))
+    want = pack(np.array([-0.0, 0.0], np.float32), np.array([1, 2]))
     np.testing.assert_array_equal(keys[0], want)
 
 
@@ -231,23 +222,6 @@ def test_ivf_property_against_brute_force(n, nlist, nprobe, k, seed):
     np.testing.assert_array_equal(scores, want_scores)
 
 
-def test_ivf_matches_todays_approximate_search():
-    """On today's IVF build, with today's probes: the same items (scores up to BLAS rounding)."""
-    rng = np.random.default_rng(9)
-    items_v = (rng.standard_normal((30, 16))[rng.integers(0, 30, 4000)] * 2
-               + rng.standard_normal((4000, 16))).astype(np.float32)
-    users = rng.standard_normal((300, 16)).astype(np.float32)
-    seen = random_csr(rng, 300, 4000, 0.003)
-    approx = index.approx_index(items_v, np.arange(4000), nlist=0, nprobe=8, seed=1, k=20)
-    want, want_scores = approx.search(users, 20, exclude=seen)
-    centroids = approx.quantizer.reconstruct_n(0, approx.nlist)
-    probes = C.probe_cells(users, centroids, approx.nprobe)
-    ex_ptr, ex_pos = C.exclusion_lists(seen, approx.item_idx, 300)
-    got, got_scores = C.ivf_search(users, probes, approx.offsets, approx.vectors, approx.item_idx, 20, ex_ptr, ex_pos)
-    assert (got == want).mean() > 0.999
-    np.testing.assert_allclose(got_scores, want_scores, rtol=1e-5, atol=1e-5)
-
-
 def test_nearest_cells_order_matches_faiss_and_float64_distances():
     import faiss
 
@@ -290,11 +264,10 @@ def item_based_case(rng, n_items=60, n_neighbours=8, users=40, r=4):
 
 @pytest.mark.parametrize("k", [1, 5, 100])  # 100: more than any user's candidates
 @pytest.mark.parametrize("threads", [1, 2])
-def test_item_based_equals_candidates_item_based(k, threads):
+def test_item_based_equals_the_reference(k, threads):
     rng = np.random.default_rng(17)
     neighbours, similarity, recent, seen, allowed = item_based_case(rng)
-    batch = cand.Batch(np.arange(40), seen, 60)
-    want, want_scores = cand.item_based(neighbours, similarity, recent, batch, allowed, k)
+    want, want_scores = reference.item_based(neighbours, similarity, recent, seen, allowed, k)
     got, got_scores = C.item_based(neighbours, similarity, recent, seen, allowed, k, threads=threads, chunk=7)
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(got_scores, want_scores)
@@ -306,8 +279,7 @@ def test_item_based_equals_candidates_item_based(k, threads):
 def test_item_based_property(seed, k):
     rng = np.random.default_rng(seed)
     neighbours, similarity, recent, seen, allowed = item_based_case(rng, n_items=25, n_neighbours=5, users=9, r=3)
-    batch = cand.Batch(np.arange(9), seen, 25)
-    want, want_scores = cand.item_based(neighbours, similarity, recent, batch, allowed, k)
+    want, want_scores = reference.item_based(neighbours, similarity, recent, seen, allowed, k)
     got, got_scores = C.item_based(neighbours, similarity, recent, seen, allowed, k)
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(got_scores, want_scores)
@@ -335,7 +307,7 @@ def test_item_knn_equals_implicit(kind, n, threads):
     rng = np.random.default_rng(2)
     counts = counts_case(rng)
     allowed = rng.random(80) > 0.2
-    want, want_scores = cooccurrence_neighbours(counts, kind, n, allowed)
+    want, want_scores = reference.implicit_neighbours(counts, kind, n, allowed)
     got, got_scores = C.item_knn(counts, kind, n, allowed, threads=threads, chunk=9)
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(got_scores, want_scores)
@@ -352,7 +324,7 @@ def test_item_knn_ties_at_the_cut_go_implicits_way(kind):
         cols += [0, j, j]
     counts = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(61, 31))
     allowed = np.ones(31, bool)
-    want, want_scores = cooccurrence_neighbours(counts, kind, 5, allowed)
+    want, want_scores = reference.implicit_neighbours(counts, kind, 5, allowed)
     got, got_scores = C.item_knn(counts, kind, 5, allowed)
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(got_scores, want_scores)
@@ -368,7 +340,7 @@ def test_item_knn_canonical_is_the_restricted_top_n(kind):
     rng = np.random.default_rng(8)
     counts = counts_case(rng)
     allowed = rng.random(80) > 0.3
-    full, full_scores = cooccurrence_neighbours(counts, kind, 80, allowed)
+    full, full_scores = reference.implicit_neighbours(counts, kind, 80, allowed)
     got, got_scores = C.item_knn(counts, kind, 7, allowed, like_implicit=False)
     np.testing.assert_array_equal(got, full[:, :7])
     np.testing.assert_array_equal(got_scores, full_scores[:, :7])

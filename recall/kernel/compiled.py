@@ -11,12 +11,12 @@ Kernels (pure functions of numpy arrays, `nogil`, no state but numba's on-disk c
   the query's k-th best (`cell_bounds`); nearest_cells picks the probes from a plain centroid array;
 - item_based_top_k: summed similarity over the neighbours of each user's recent items;
 - cooccurrence_top_n (+ cap_rows): item-kNN from co-occurrence, equal to implicit's BM25 /
-  cosine recommenders as recall.recaller uses them, optionally with each user's items capped.
+  cosine recommenders (recall.model.itemknn), optionally with each user's items capped.
 Thread drivers (exact_search, ivf_search, probe_cells, item_based, item_knn) split the rows into
 fixed chunks and run the kernels on a thread pool with BLAS pinned to one thread.
 
 Order of results everywhere: score descending, ties by item index ascending, as the packed keys of
-`recall.index.pack` order them (so -0.0 ranks just below +0.0, as today's search does); pads are
+`recall.kernel.keys.pack` order them (so -0.0 ranks just below +0.0, as today's search does); pads are
 item -1 with score -inf.
 
 Determinism: a row's result depends only on its inputs and on which rows share its chunk, never
@@ -30,7 +30,10 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import scipy.sparse as sp
+from implicit.nearest_neighbours import bm25_weight, normalize
 from numba import njit, prange
+from threadpoolctl import threadpool_limits
 
 
 def _jit(**options):
@@ -863,8 +866,6 @@ def ivf_top_k_keys_parallel(queries, probes, offsets, vectors, item_idx, k, ex_i
 def in_chunks(n: int, chunk: int, threads: int, run) -> None:
     """Call run(start, stop) over [0, n) in chunks, on `threads` threads (the kernels release the
     GIL), BLAS pinned to one thread so the threads do not oversubscribe the cores."""
-    from threadpoolctl import threadpool_limits
-
     starts = range(0, n, max(1, chunk))
     with threadpool_limits(limits=1, user_api="blas"):
         if threads <= 1 or n <= chunk:
@@ -994,9 +995,6 @@ def item_based(neighbours: np.ndarray, similarity: np.ndarray, recent: np.ndarra
 def cooccurrence_weights(user_items, kind: str, k1: float = 1.2, b: float = 0.75):
     """The users x items weights implicit's recommenders fit on (BM25: bm25_weight over item rows;
     cosine: item rows scaled to unit length), computed by implicit's own functions, float64 CSR."""
-    import scipy.sparse as sp
-    from implicit.nearest_neighbours import bm25_weight, normalize
-
     counts = user_items.tocsr()
     if kind == "bm25":
         weighted = bm25_weight(counts.T, k1, b).T
@@ -1012,8 +1010,8 @@ def cooccurrence_weights(user_items, kind: str, k1: float = 1.2, b: float = 0.75
 def item_knn(user_items, kind: str, n: int, allowed: np.ndarray, max_user_items: int = 0,
              priority: np.ndarray | None = None, like_implicit: bool = True, threads: int = 1,
              chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
-    """Top-n co-occurrence neighbours of every item (n_items x n), as recall.recaller's
-    cooccurrence_neighbours computes them with implicit (kind: bm25 or cosine).
+    """Top-n co-occurrence neighbours of every item (n_items x n), as implicit's BM25 and cosine
+    recommenders compute them (kind: bm25 or cosine).
 
     max_user_items > 0 caps each user's row at its `max_user_items` entries of highest `priority`
     (ties: lower item first), after weighting, so the kept entries keep their full-matrix weights.
@@ -1022,8 +1020,6 @@ def item_knn(user_items, kind: str, n: int, allowed: np.ndarray, max_user_items:
     costs d^2 updates: the heaviest users dominate the cost while adding least to any one item's
     neighbours (bench.kernels measures what a cap costs in recall).
     """
-    import scipy.sparse as sp
-
     weights = cooccurrence_weights(user_items, kind)
     if max_user_items > 0:
         prio = weights.data if priority is None else np.asarray(priority, np.float64)
