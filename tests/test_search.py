@@ -38,8 +38,7 @@ def integer_vectors(rng, n, dim):
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_exact_search_equals_brute_force_with_ties_and_exclusions(monkeypatch, threads):
-    monkeypatch.setattr(search, "TILE_QUERIES", 37)  # several query tiles and item tiles,
-    monkeypatch.setattr(search, "TILE_ITEMS", 64)  # so the running threshold and merges are used
+    monkeypatch.setattr(search, "CHUNK", 37)  # several query chunks over the threads
     rng = np.random.default_rng(3)
     vectors = integer_vectors(rng, 700, 6)  # 6 dims of -2..2: many exactly equal scores
     queries = integer_vectors(rng, 150, 6)

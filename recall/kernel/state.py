@@ -47,6 +47,9 @@ class ItemIndex:
     centroids: np.ndarray | None = None  # IVF: nlist x (dim + 1) float32
     offsets: np.ndarray | None = None  # IVF: nlist + 1 int64
     nprobe: int = 0  # IVF: cells scanned per query
+    # exact: the largest norm from each position on (n + 1); IVF: each cell's largest norm. A
+    # query stops scanning where its norm times this cannot reach its k-th best score.
+    bounds: np.ndarray | None = None
 
     @property
     def approx(self) -> bool:

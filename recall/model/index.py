@@ -7,6 +7,7 @@ import math
 import faiss
 import numpy as np
 
+from recall.kernel import compiled
 from recall.kernel.state import ItemIndex
 
 
@@ -14,7 +15,8 @@ def exact_index(vectors: np.ndarray, item_idx: np.ndarray) -> ItemIndex:
     """Items by descending norm: the likely winners are scored first, so the threshold rises early."""
     vectors = np.asarray(vectors, dtype=np.float32)
     order = np.argsort(-np.einsum("ij,ij->i", vectors, vectors), kind="stable")
-    return ItemIndex(item_idx.astype(np.int64)[order], np.ascontiguousarray(vectors[order]))
+    ordered = np.ascontiguousarray(vectors[order])
+    return ItemIndex(item_idx.astype(np.int64)[order], ordered, bounds=compiled.norm_bounds(ordered))
 
 
 def ivf_defaults(n: int, k: int) -> tuple[int, int]:
@@ -53,8 +55,9 @@ def approx_index(vectors: np.ndarray, item_idx: np.ndarray, nlist: int, nprobe: 
     order = np.argsort(cell[:, 0], kind="stable")
     offsets = np.searchsorted(cell[order, 0], np.arange(nlist + 1))
     nprobe = nprobe or (default_nprobe if nlist == default_nlist else max(1, math.ceil(nlist / 20)))
-    return ItemIndex(item_idx.astype(np.int64)[order], np.ascontiguousarray(vectors[order]), centroids,
-                     offsets.astype(np.int64), min(nprobe, nlist))
+    ordered, offsets = np.ascontiguousarray(vectors[order]), offsets.astype(np.int64)
+    return ItemIndex(item_idx.astype(np.int64)[order], ordered, centroids, offsets, min(nprobe, nlist),
+                     compiled.cell_bounds(ordered, offsets))
 
 
 def normalised(vectors: np.ndarray) -> np.ndarray:

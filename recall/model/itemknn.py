@@ -2,12 +2,10 @@
 of the ALS item factors (the i2i table, and item_based with similarity = "als")."""
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import scipy.sparse as sp
-from implicit.nearest_neighbours import BM25Recommender, CosineRecommender
 
+from recall.kernel.compiled import item_knn
 from recall.kernel.rows import compact
 from recall.kernel.search import search
 from recall.kernel.state import Neighbours
@@ -32,23 +30,11 @@ def cosine_neighbours(item_vectors: np.ndarray, allowed: np.ndarray, k: int, thr
     return Neighbours(items, scores)
 
 
-def cooccurrence_neighbours(user_items: sp.csr_matrix, kind: str, k: int, allowed: np.ndarray) -> Neighbours:
-    """Top-k item-kNN neighbours from co-occurrence (implicit's BM25 / cosine recommenders)."""
-    model = (BM25Recommender if kind == "bm25" else CosineRecommender)(K=k + 1, num_threads=1)
-    with warnings.catch_warnings():
-        # implicit transposes internally and then warns about its own COO matrix
-        warnings.filterwarnings("ignore", message="Method expects CSR input")
-        model.fit(user_items.tocsr(), show_progress=False)
-    sim = model.similarity.tocoo()
-    keep = (sim.row != sim.col) & allowed[sim.col] & (sim.data > 0)
-    row, col, val = sim.row[keep], sim.col[keep].astype(np.int64), sim.data[keep].astype(np.float32)
-    order = np.lexsort((col, -val, row))
-    row, col, val = row[order], col[order], val[order]
-    rank = np.arange(row.size) - np.searchsorted(row, row)
-    top = rank < k
-    n = user_items.shape[1]
-    items = np.full((n, k), -1, np.int64)
-    scores = np.full((n, k), -np.inf, np.float32)
-    items[row[top], rank[top]] = col[top]
-    scores[row[top], rank[top]] = val[top]
+def cooccurrence_neighbours(user_items: sp.csr_matrix, kind: str, k: int, allowed: np.ndarray,
+                            max_user_items: int = 0, threads: int = 1) -> Neighbours:
+    """Top-k item-kNN neighbours from co-occurrence, as implicit's BM25 / cosine recommenders
+    (K = k + 1) find them, the item itself and blocked items left out; compiled, on `threads`
+    threads. `max_user_items` > 0 keeps each user's heaviest entries only: a user with d items
+    costs d^2 updates, and the heaviest users add least to any one item's neighbours."""
+    items, scores = item_knn(user_items, kind, k, allowed, max_user_items=max_user_items, threads=threads)
     return Neighbours(items, scores)

@@ -201,7 +201,7 @@ def tune_sources(held: HoldoutSet, model: Model, choose: np.ndarray, result: Tun
         if time.monotonic() > deadline and related:
             break
         related[kind, width] = held.side.parts["item_based"] if (kind, width) == (ib.similarity, ib.neighbours) \
-            else cooccurrence_neighbours(ctx.counts, kind, width, ctx.allowed)
+            else cooccurrence_neighbours(ctx.counts, kind, width, ctx.allowed, ib.max_user_items, ctx.threads)
         for r in depths:
             trial("item_based", {"recent_items": r, "similarity": kind, "neighbours": width},
                   variant("item_based", related[kind, width], recent_items(train, r)))

@@ -52,6 +52,7 @@ def check_spec(spec: JobSpec, source: str) -> None:
             need(math.isfinite(value) and value >= 0, f"[recall.u2i] {key}.{name}", "must be a number >= 0")
     need(0 < r.u2i.approx_target_recall <= 1, "[recall.u2i] approx_target_recall", "must be within 0..1")
     need(r.recent_popular.days >= 1, "[recall.recent_popular] days", "must be at least 1")
+    need(r.item_based.max_user_items >= 0, "[recall.item_based] max_user_items", "must be >= 0 (0: no cap)")
     need(r.item_based.recent_items >= 1 and r.item_based.neighbours >= 1, "[recall.item_based]",
          "recent_items and neighbours must be at least 1")
     need(r.ease.max_items >= 2 and r.ease.l2 > 0, "[recall.ease]", "max_items must be at least 2 and l2 positive")

@@ -97,6 +97,9 @@ class ItemBasedSection:
     # item-item similarity: co-occurrence (implicit's BM25 or cosine item-kNN), or the cosine of
     # the ALS item factors (the i2i table's neighbours)
     similarity: Literal["bm25", "cosine", "als"] = "bm25"
+    # co-occurrence: each user's `max_user_items` heaviest interactions count (0: all); the
+    # heaviest users cost the most (d^2) and add the least to any item's neighbours
+    max_user_items: int = 1000
 
 
 @dataclass

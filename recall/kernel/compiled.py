@@ -1,0 +1,1043 @@
+"""Compiled (numba) kernels for the candidate search: exact and IVF top-k by inner product, the
+item_based aggregation and the co-occurrence item-kNN.
+
+Kernels (pure functions of numpy arrays, `nogil`, no state but numba's on-disk cache):
+- exact_top_k_keys / exact_top_k: BLAS tiles of queries x items, each row's running top-k kept in
+  compiled code (a buffer of packed keys cut back by quickselect), excluded positions skipped, and
+  a row stopped once no further item can reach its k-th best (items in descending norm order,
+  Cauchy-Schwarz bound: `norm_bounds`);
+- ivf_top_k_keys: the same over each query's probed cells, grouped by cell (one BLAS product per
+  cell and query tile), a (query, cell) pair skipped when the cell's largest norm cannot reach
+  the query's k-th best (`cell_bounds`); nearest_cells picks the probes from a plain centroid array;
+- item_based_top_k: summed similarity over the neighbours of each user's recent items;
+- cooccurrence_top_n (+ cap_rows): item-kNN from co-occurrence, equal to implicit's BM25 /
+  cosine recommenders (recall.model.itemknn), optionally with each user's items capped.
+Thread drivers (exact_search, ivf_search, probe_cells, item_based, item_knn) split the rows into
+fixed chunks and run the kernels on a thread pool with BLAS pinned to one thread.
+
+Order of results everywhere: score descending, ties by item index ascending, as the packed keys of
+`recall.kernel.keys.pack` order them (so -0.0 ranks just below +0.0, as today's search does); pads are
+item -1 with score -inf.
+
+Determinism: a row's result depends only on its inputs and on which rows share its chunk, never
+on the thread count. Selection is exact: the kept set is the k smallest keys whatever the order
+they arrive in. The only thing a chunk changes is float32 rounding of a BLAS product (OpenBLAS
+rounds a dot product differently with the shape of the call): fixed chunks keep it fixed.
+"""
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import scipy.sparse as sp
+from implicit.nearest_neighbours import bm25_weight, normalize
+from numba import njit, prange
+from threadpoolctl import threadpool_limits
+
+
+def _jit(**options):
+    """numba.njit with nogil and numba's on-disk cache (every CLI run is a new process): kept in
+    __pycache__ beside this file, else in the user's cache folder, or NUMBA_CACHE_DIR when set.
+    Where none of those can be written numba refuses cache=True outright; the kernels are then
+    compiled in memory in each process instead (correct, only slower to start)."""
+    def wrap(fn):
+        try:
+            return njit(cache=True, nogil=True, **options)(fn)
+        except RuntimeError as exc:  # "cannot cache function ...: no locator available"
+            if "cannot cache" not in str(exc):
+                raise
+            _warn_uncached(str(exc))
+            return njit(cache=False, nogil=True, **options)(fn)
+    return wrap
+
+
+_WARNED: list[str] = []
+
+
+def _warn_uncached(reason: str) -> None:
+    if not _WARNED:
+        import warnings
+
+        _WARNED.append(reason)
+        warnings.warn(f"recall.compiled: no writable numba cache folder ({reason}); compiling in memory. "
+                      "Set NUMBA_CACHE_DIR to a writable folder to keep compiled kernels between runs.",
+                      RuntimeWarning, stacklevel=3)
+
+
+PAD = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
+TILE_QUERIES = 256  # exact: queries scored together (their block of scores stays in L2)
+TILE_ITEMS = 2048  # exact: items per product
+IVF_TILE_QUERIES = 4096  # ivf: queries whose probes are grouped by cell
+IVF_BUFFER = 4  # ivf: a row's buffer holds 4k keys (most probed items pass while it fills)
+CHUNK = 32  # scores checked against the threshold at once before any is looked at alone
+
+# --- packed keys -------------------------------------------------------------------------
+# key = (score bits mapped to descending uint32) << 32 | item: ascending keys = best first.
+
+
+@_jit(inline="always")
+def _key(bits, item):
+    """The packed key of a float32's raw bits (uint32) and an item index (as recall.index.pack)."""
+    b = np.uint64(bits)
+    if b & np.uint64(0x8000_0000):
+        desc = b
+    else:
+        desc = b ^ np.uint64(0x7FFF_FFFF)
+    return (desc << np.uint64(32)) | np.uint64(np.uint32(item))
+
+
+@_jit(inline="always")
+def _key_bits(key):
+    """The float32 bits (uint32) held in a key."""
+    desc = key >> np.uint64(32)
+    if desc & np.uint64(0x8000_0000):
+        return np.uint32(desc)
+    return np.uint32(desc ^ np.uint64(0x7FFF_FFFF))
+
+
+@_jit()
+def _unpack_rows(keys, items, scores):
+    """Sorted keys -> items (-1 pads) and scores (-inf pads); non-finite scores count as pads."""
+    bits = scores.view(np.uint32)
+    for r in range(keys.shape[0]):
+        for j in range(keys.shape[1]):
+            key = keys[r, j]
+            low = np.int64(key & np.uint64(0xFFFF_FFFF))
+            b = _key_bits(key)
+            if key == PAD or (b & np.uint32(0x7F80_0000)) == np.uint32(0x7F80_0000):  # pad, inf or nan
+                items[r, j] = -1
+                scores[r, j] = -np.inf
+            else:
+                items[r, j] = low
+                bits[r, j] = b
+
+
+# --- a running top-k per row: a buffer of keys and the threshold to beat ---------------------
+# Keys that beat a row's threshold are appended to its buffer (2k wide); a full buffer is cut back
+# to its k smallest keys by quickselect, and the k-th becomes the new threshold. Appending costs
+# far less than a heap insert, and the kept set is the k smallest keys whatever the order they came.
+
+
+@_jit()
+def _select(a, n, k):
+    """Rearrange a[:n] so that a[:k] are its k smallest and a[k - 1] the largest of them: quickselect with a branch-free partition (every element swapped, the split advanced
+    by the comparison), which costs a third of a branching one on unpredictable keys."""
+    lo, hi, target = 0, n, k - 1
+    while hi - lo > 24:
+        x, y, z = a[lo], a[(lo + hi) >> 1], a[hi - 1]
+        pivot = max(min(x, y), min(max(x, y), z))  # median of three: lo < split < hi for distinct keys
+        split = lo
+        for i in range(lo, hi):
+            v = a[i]
+            a[i] = a[split]
+            a[split] = v
+            split += v < pivot
+        if split == lo:  # repeated keys (not in the kernels' own use): the pivot's copies go first
+            for i in range(lo, hi):
+                v = a[i]
+                a[i] = a[split]
+                a[split] = v
+                split += v == pivot
+            if target < split:
+                return
+        if target < split:
+            hi = split
+        else:
+            lo = split
+    _insertion_sort(a, lo, hi)
+
+
+@_jit(inline="always")
+def _insertion_sort(a, lo, hi):
+    for i in range(lo + 1, hi):
+        v = a[i]
+        j = i
+        while j > lo and a[j - 1] > v:
+            a[j] = a[j - 1]
+            j -= 1
+        a[j] = v
+
+
+@_jit()
+def _sort(a, n, tmp):
+    """Sort a[:n] ascending (tmp: scratch of at least n): runs of 8 by insertion, then merged
+    with a branch-free merge (twice as fast as np.sort on a hundred keys)."""
+    run = 8
+    for lo in range(0, n, run):
+        _insertion_sort(a, lo, min(lo + run, n))
+    src, dst = a, tmp
+    width = run
+    flips = 0
+    while width < n:
+        for lo in range(0, n, 2 * width):
+            mid = min(lo + width, n)
+            hi = min(lo + 2 * width, n)
+            i, j, o = lo, mid, lo
+            while i < mid and j < hi:
+                x = src[i]
+                y = src[j]
+                right = y < x
+                dst[o] = y if right else x
+                j += right
+                i += 1 - right
+                o += 1
+            while i < mid:
+                dst[o] = src[i]
+                i += 1
+                o += 1
+            while j < hi:
+                dst[o] = src[j]
+                j += 1
+                o += 1
+        src, dst = dst, src
+        flips += 1
+        width *= 2
+    if flips % 2 == 1:
+        a[:n] = tmp[:n]
+
+
+@_jit(inline="always")
+def _bits_to_float(bits, one, one_bits):
+    one_bits[0] = bits
+    return one[0]
+
+
+@_jit(inline="always")
+def _row_threshold(limit, one, one_bits):
+    if limit == PAD:
+        return np.float32(-np.inf)
+    return _bits_to_float(_key_bits(limit), one, one_bits)
+
+
+@_jit(inline="always")
+def _seek(ex_pos, e, e1, pos):
+    """The first index in ex_pos[e:e1] (sorted) whose value is >= pos."""
+    if e1 - e > 16:
+        return e + np.searchsorted(ex_pos[e:e1], pos)
+    while e < e1 and ex_pos[e] < pos:
+        e += 1
+    return e
+
+
+@_jit()
+def _scan(block, bits, a, w, lo, item_idx, bufs, r, counts, limits, k, ex_pos, e, e1, one, one_bits):
+    """Offer block[a, :w] (index positions lo...) to row r's buffer, excluded positions skipped.
+
+    limits[r, 0] is the row's threshold key (PAD until the buffer first fills); its score is the
+    threshold, and scores below it are passed over CHUNK at a time (a vectorised count). Inlined
+    with 2-D indexing: a call per row with array views cost more than small blocks' scores.
+    Returns the exclusion cursor."""
+    cnt = counts[r]
+    limit = limits[r, 0]
+    width = bufs.shape[1]
+    thr = _row_threshold(limit, one, one_bits)
+    for c0 in range(0, w, CHUNK):
+        c1 = min(c0 + CHUNK, w)
+        if c1 - c0 == CHUNK:
+            chunk = block[a, c0:c1]  # a full slice: LLVM vectorises the count below
+            hits = 0
+            for j in range(CHUNK):
+                hits += chunk[j] >= thr
+            if hits == 0:
+                continue
+        for j in range(c0, c1):
+            if block[a, j] >= thr:
+                pos = lo + j
+                while e < e1 and ex_pos[e] < pos:
+                    e += 1
+                if e < e1 and ex_pos[e] == pos:
+                    continue
+                key = _key(bits[a, j], item_idx[pos])
+                if key < limit:
+                    bufs[r, cnt] = key
+                    cnt += 1
+                    if cnt == width:
+                        _select(bufs[r], cnt, k)
+                        cnt = k
+                        limit = bufs[r, k - 1]
+                        thr = _row_threshold(limit, one, one_bits)
+    counts[r] = cnt
+    limits[r, 0] = limit
+    return e
+
+
+@_jit()
+def _finish(buf, cnt, k, out, tmp):
+    """A row's k best keys, sorted, PAD after the last."""
+    if cnt > k:
+        _select(buf, cnt, k)
+        cnt = k
+    _sort(buf, cnt, tmp)
+    out[:cnt] = buf[:cnt]
+    out[cnt:] = PAD
+
+
+# --- exact search ----------------------------------------------------------------------------
+
+
+@_jit()
+def norm_bounds(vectors):
+    """bounds[i] = the largest L2 norm among vectors[i:] (float64, bounds[n] = 0): no item at a
+    position >= i can score above |q| * bounds[i] (Cauchy-Schwarz)."""
+    n, f = vectors.shape
+    out = np.zeros(n + 1, np.float64)
+    for i in range(n - 1, -1, -1):
+        s = 0.0
+        for d in range(f):
+            s += np.float64(vectors[i, d]) ** 2
+        out[i] = max(out[i + 1], math.sqrt(s))
+    return out
+
+
+# a computed float32 product exceeds the exact one by at most f * 2^-24 of |q||v| (f terms):
+# 1e-3 covers f up to ~16000, so a row stops only when no remaining item can reach its threshold
+BOUND_MARGIN = 1.0 + 1e-3
+
+
+@_jit()
+def exact_state(rows, k, width=2):
+    """Per-row working arrays of the search for a tile of `rows` queries and k >= 1 (each row's
+    buffer holds width * k keys)."""
+    return (np.empty((rows, width * k), np.uint64), np.zeros(rows, np.int64), np.empty((rows, 1), np.uint64),
+            np.empty(rows, np.int64), np.empty(rows, np.float64), np.empty(rows, np.int64))
+
+
+@_jit()
+def exact_begin(queries, q0, ex_indptr, state):
+    """Reset the state for the queries[q0:q0 + rows] tile; returns the active row list and count."""
+    bufs, counts, limits, cursor, qnorm, active = state
+    m = min(active.shape[0], queries.shape[0] - q0)
+    for r in range(m):
+        counts[r] = 0
+        limits[r, 0] = PAD
+        cursor[r] = ex_indptr[q0 + r]
+        s = 0.0
+        for d in range(queries.shape[1]):
+            s += np.float64(queries[q0 + r, d]) ** 2
+        qnorm[r] = math.sqrt(s)
+        active[r] = r
+    return m
+
+
+@_jit()
+def exact_offer_block(block, i0, item_idx, q0, ex_indptr, ex_pos, k, bound_next, state, m):
+    """Offer a block of scores (row a = active query active[a], columns = positions i0...) to the
+    rows' top-k; rows that no later item can improve (|q| * bound_next below their k-th best) stop.
+    Returns the new number of active rows (active[:m] compacted in order)."""
+    bufs, counts, limits, cursor, qnorm, active = state
+    one = np.empty(1, np.float32)
+    one_bits = one.view(np.uint32)
+    bits = block.view(np.uint32)
+    kept = 0
+    for a in range(m):
+        r = active[a]
+        cursor[r] = _scan(block, bits, a, block.shape[1], i0, item_idx, bufs, r, counts, limits, k, ex_pos, cursor[r],
+                          ex_indptr[q0 + r + 1], one, one_bits)
+        if limits[r, 0] != PAD:
+            thr = _bits_to_float(_key_bits(limits[r, 0]), one, one_bits)
+            if qnorm[r] * bound_next * BOUND_MARGIN < thr:
+                continue  # done: nothing further can reach the threshold
+        active[kept] = r
+        kept += 1
+    return kept
+
+
+@_jit()
+def exact_end(state, k, rows, keys_out):
+    bufs, counts = state[0], state[1]
+    tmp = np.empty(bufs.shape[1], np.uint64)
+    for r in range(rows):
+        _finish(bufs[r], counts[r], k, keys_out[r], tmp)
+
+
+@_jit()
+def exact_top_k_keys(queries, vectors, item_idx, k, ex_indptr, ex_pos, bounds, tile_queries=TILE_QUERIES,
+                     tile_items=TILE_ITEMS):
+    """Packed keys (B x k, ascending = best first, PAD where fewer) of each query's top-k items.
+
+    queries B x f and vectors n x f: C-contiguous float32; item_idx: position -> item (int64);
+    ex_indptr (B + 1) / ex_pos: the positions each query may not get, sorted within a row
+    (ex_pos[ex_indptr[b]:ex_indptr[b + 1]]); bounds: norm_bounds(vectors). Scores are BLAS
+    products (np.dot -> sgemm) of the still active queries of a tile against a tile of items; a
+    query stops once no further item can reach its k-th best (items in descending norm make that
+    early).
+    """
+    b_total, f = queries.shape
+    n = vectors.shape[0]
+    keys = np.full((b_total, k), PAD, np.uint64)
+    kk = min(k, n)
+    if kk <= 0 or b_total == 0:
+        return keys
+    tq = min(tile_queries, b_total)
+    flat = np.empty(tq * tile_items, np.float32)
+    qbuf = np.empty((tq, f), np.float32)
+    state = exact_state(tq, kk)
+    active = state[5]
+    for q0 in range(0, b_total, tq):
+        m = exact_begin(queries, q0, ex_indptr, state)
+        rows = m
+        for i0 in range(0, n, tile_items):
+            if m == 0:
+                break
+            i1 = min(i0 + tile_items, n)
+            w = i1 - i0
+            for a in range(m):
+                qbuf[a] = queries[q0 + active[a]]
+            block = flat[:m * w].reshape(m, w)
+            np.dot(qbuf[:m], vectors[i0:i1].T, block)
+            m = exact_offer_block(block, i0, item_idx, q0, ex_indptr, ex_pos, kk, bounds[i1], state, m)
+        exact_end(state, kk, rows, keys[q0:q0 + rows])
+    return keys
+
+
+@_jit()
+def unpack_keys(keys):
+    """(items int64 with -1 pads, scores float32 with -inf pads) of B x k packed keys."""
+    items = np.empty(keys.shape, np.int64)
+    scores = np.empty(keys.shape, np.float32)
+    _unpack_rows(keys, items, scores)
+    return items, scores
+
+
+@_jit()
+def exact_top_k(queries, vectors, item_idx, k, ex_indptr, ex_pos, bounds, tile_queries=TILE_QUERIES,
+                tile_items=TILE_ITEMS):
+    """Each query's top-k (items int64 B x k, scores float32 B x k) by inner product over all
+    items, excluded positions skipped; -1 / -inf pads where fewer than k remain."""
+    return unpack_keys(exact_top_k_keys(queries, vectors, item_idx, k, ex_indptr, ex_pos, bounds,
+                                        tile_queries, tile_items))
+
+
+@_jit()
+def excluded_positions(indptr, indices, position):
+    """Per row of a CSR matrix of item indices (indptr, indices), the index positions of its items
+    (position: item -> position, -1 where the item is not indexed), sorted; as (indptr, positions)."""
+    rows = indptr.shape[0] - 1
+    out_ptr = np.zeros(rows + 1, np.int64)
+    out = np.empty(indptr[rows] - indptr[0], np.int64)
+    at = 0
+    for r in range(rows):
+        start = at
+        for e in range(indptr[r], indptr[r + 1]):
+            item = indices[e]
+            if 0 <= item < position.shape[0]:
+                p = position[item]
+                if p >= 0:
+                    out[at] = p
+                    at += 1
+        out[start:at].sort()
+        out_ptr[r + 1] = at
+    return out_ptr, out[:at]
+
+
+# --- IVF (approximate) search ----------------------------------------------------------------
+
+
+@_jit()
+def cell_bounds(vectors, offsets):
+    """The largest L2 norm (float64) of each cell's vectors; 0 for an empty cell."""
+    nlist = offsets.shape[0] - 1
+    out = np.zeros(nlist, np.float64)
+    for c in range(nlist):
+        best = 0.0
+        for i in range(offsets[c], offsets[c + 1]):
+            s = 0.0
+            for d in range(vectors.shape[1]):
+                s += np.float64(vectors[i, d]) ** 2
+            best = max(best, math.sqrt(s))
+        out[c] = best
+    return out
+
+
+@_jit()
+def ivf_top_k_keys(queries, probes, offsets, vectors, item_idx, k, ex_indptr, ex_pos, bounds,
+                   tile_queries=IVF_TILE_QUERIES, near=1):
+    """Packed keys (B x k) of each query's top-k among the items of its probed cells.
+
+    probes: B x nprobe cell numbers, nearest first, -1 pads; cell c holds index positions
+    offsets[c]:offsets[c + 1] of vectors / item_idx (cell-ordered); bounds: cell_bounds(...).
+    The result is the exact top-k of the union of a query's probed cells (excluded positions
+    skipped), whatever order they are scanned in: queries are taken a tile at a time, their probes
+    in passes of growing rank (the nearest cell first, so thresholds rise early), each pass grouped
+    by cell so a cell is one BLAS product against all the queries of the tile that probe it. A
+    (query, cell) pair is skipped when |q| * the cell's largest norm is below the query's k-th best.
+    """
+    b_total, f = queries.shape
+    nlist = offsets.shape[0] - 1
+    nprobe = probes.shape[1]
+    n = vectors.shape[0]
+    keys = np.full((b_total, k), PAD, np.uint64)
+    kk = min(k, n)
+    if kk <= 0 or b_total == 0 or nprobe == 0:
+        return keys
+    tq = min(tile_queries, b_total)
+    widest = 0
+    for c in range(nlist):
+        widest = max(widest, offsets[c + 1] - offsets[c])
+    flat = np.empty(tq * max(widest, 1), np.float32)
+    qbuf = np.empty((tq, f), np.float32)
+    state = exact_state(tq, kk, IVF_BUFFER)
+    bufs, counts, limits, cursor, qnorm, _ = state
+    width = bufs.shape[1]
+    cell_start = np.empty(nlist + 1, np.int64)
+    cell_fill = np.empty(nlist, np.int64)
+    pair_query = np.empty(tq * nprobe, np.int64)
+    rows = np.empty(tq, np.int64)
+    one = np.empty(1, np.float32)
+    one_bits = one.view(np.uint32)
+    for q0 in range(0, b_total, tq):
+        m_tile = exact_begin(queries, q0, ex_indptr, state)
+        for step in range(2):  # passes over probe ranks [0, near), then [near, nprobe)
+            r0 = 0 if step == 0 else min(near, nprobe)
+            r1 = min(near, nprobe) if step == 0 else nprobe
+            if r1 <= r0:
+                continue
+            cell_start[:] = 0
+            for r in range(m_tile):
+                for j in range(r0, r1):
+                    c = probes[q0 + r, j]
+                    if c >= 0:
+                        cell_start[c + 1] += 1
+            for c in range(nlist):
+                cell_start[c + 1] += cell_start[c]
+            cell_fill[:] = cell_start[:nlist]
+            for r in range(m_tile):
+                for j in range(r0, r1):
+                    c = probes[q0 + r, j]
+                    if c >= 0:
+                        pair_query[cell_fill[c]] = r
+                        cell_fill[c] += 1
+            for c in range(nlist):
+                lo, hi = offsets[c], offsets[c + 1]
+                if hi == lo or cell_start[c + 1] == cell_start[c]:
+                    continue
+                m = 0
+                for p in range(cell_start[c], cell_start[c + 1]):
+                    r = pair_query[p]
+                    if qnorm[r] * bounds[c] * BOUND_MARGIN < _row_threshold(limits[r, 0], one, one_bits):
+                        continue  # nothing in this cell can reach the row's k-th best
+                    rows[m] = r
+                    qbuf[m] = queries[q0 + r]
+                    m += 1
+                if m == 0:
+                    continue
+                w = hi - lo
+                block = flat[:m * w].reshape(m, w)
+                np.dot(qbuf[:m], vectors[lo:hi].T, block)
+                bits = block.view(np.uint32)
+                for a in range(m):
+                    r = rows[a]
+                    e0, e1 = ex_indptr[q0 + r], ex_indptr[q0 + r + 1]
+                    e = _seek(ex_pos, e0, e1, lo)
+                    cnt = counts[r]
+                    limit = limits[r, 0]
+                    thr = _row_threshold(limit, one, one_bits)
+                    for j in range(w):
+                        if block[a, j] >= thr:
+                            pos = lo + j
+                            while e < e1 and ex_pos[e] < pos:
+                                e += 1
+                            if e < e1 and ex_pos[e] == pos:
+                                continue
+                            key = _key(bits[a, j], item_idx[pos])
+                            if key < limit:
+                                bufs[r, cnt] = key
+                                cnt += 1
+                                if cnt == width:
+                                    _select(bufs[r], cnt, kk)
+                                    cnt = kk
+                                    limit = bufs[r, kk - 1]
+                                    thr = _row_threshold(limit, one, one_bits)
+                    counts[r] = cnt
+                    limits[r, 0] = limit
+        exact_end(state, kk, m_tile, keys[q0:q0 + m_tile])
+    return keys
+
+
+@_jit()
+def nearest_cells(queries, centroids, nprobe, tile_queries=1024):
+    """Each query's `nprobe` nearest cells (B x nprobe int64, nearest first, ties by cell number),
+    as a FAISS IndexFlatL2 over the centroids answers for the query scaled to unit length and
+    augmented with 0: centroids are nlist x (f + 1) in the augmented space of the IVF build.
+    Distances are |u|^2 + |c|^2 - 2 u.c in float32 with u.c from BLAS, as FAISS computes them."""
+    b_total, f = queries.shape
+    nlist = centroids.shape[0]
+    p = min(nprobe, nlist)
+    out = np.full((b_total, nprobe), -1, np.int64)
+    if p <= 0 or b_total == 0:
+        return out
+    head = np.ascontiguousarray(centroids[:, :f])
+    cnorm = np.empty(nlist, np.float32)
+    for c in range(nlist):
+        s = np.float32(0.0)
+        for d in range(centroids.shape[1]):
+            s += centroids[c, d] * centroids[c, d]
+        cnorm[c] = s
+    tq = min(tile_queries, b_total)
+    unit = np.empty((tq, f), np.float32)
+    unorm = np.empty(tq, np.float32)
+    ip = np.empty((tq, nlist), np.float32)
+    dist = np.empty(nlist, np.float32)
+    dbits = dist.view(np.uint32)
+    best = np.empty(p, np.uint64)
+    for q0 in range(0, b_total, tq):
+        m = min(tq, b_total - q0)
+        for r in range(m):
+            s = np.float32(0.0)
+            for d in range(f):
+                s += queries[q0 + r, d] * queries[q0 + r, d]
+            scale = np.float32(1.0) / max(np.sqrt(s), np.float32(1e-12))
+            s = np.float32(0.0)
+            for d in range(f):
+                unit[r, d] = queries[q0 + r, d] * scale
+                s += unit[r, d] * unit[r, d]
+            unorm[r] = s
+        block = ip[:m]
+        np.dot(unit[:m], head.T, block)
+        for r in range(m):
+            for c in range(nlist):
+                dist[c] = unorm[r] + cnorm[c] - np.float32(2.0) * block[r, c]
+            size = 0
+            for c in range(nlist):
+                b = np.uint64(dbits[c])
+                asc = (b ^ np.uint64(0xFFFF_FFFF)) if b & np.uint64(0x8000_0000) else (b ^ np.uint64(0x8000_0000))
+                key = (asc << np.uint64(32)) | np.uint64(c)
+                if size == p:
+                    if key >= best[p - 1]:
+                        continue
+                    j = p - 1
+                else:
+                    j = size
+                    size += 1
+                while j > 0 and best[j - 1] > key:
+                    best[j] = best[j - 1]
+                    j -= 1
+                best[j] = key
+            for j in range(p):
+                out[q0 + r, j] = np.int64(best[j] & np.uint64(0xFFFF_FFFF))
+    return out
+
+
+# --- item_based: summed similarity of the neighbours of a user's recent items ------------------
+
+
+@_jit()
+def item_based_top_k(neighbours, similarity, recent, seen_indptr, seen_indices, allowed, k):
+    """Each user's top-k unseen allowed items by summed similarity over its recent items' neighbours.
+
+    neighbours / similarity: n_items x N (int64 with -1 pads / float32); recent: B x R item
+    indices (-1 pads); seen_indptr / seen_indices: the batch's seen CSR rows; allowed: bool per
+    item. Neighbour entries that are pads, non-positive, blocked or seen are skipped; a user's
+    total for an item is the float64 sum in (recent, neighbour) order, as recall.candidates'
+    item_based sums it, then rounded to float32. Returns (items int64 B x k, scores float32 B x k)
+    by score descending, ties by item ascending, -1 / -inf pads.
+    """
+    b_total, r_width = recent.shape
+    n_items, width = neighbours.shape
+    items = np.full((b_total, k), -1, np.int64)
+    scores = np.full((b_total, k), -np.inf, np.float32)
+    if k <= 0:
+        return items, scores
+    acc = np.zeros(n_items, np.float64)
+    mark = np.full(n_items, -1, np.int64)  # == b: touched for user b
+    seen = np.full(n_items, -1, np.int64)  # == b: seen by user b
+    touched = np.empty(r_width * width, np.int64)
+    keys = np.empty(max(r_width * width, 1), np.uint64)
+    tmp = np.empty(max(r_width * width, 1), np.uint64)
+    total = np.empty(1, np.float32)
+    total_bits = total.view(np.uint32)
+    for b in range(b_total):
+        for e in range(seen_indptr[b], seen_indptr[b + 1]):
+            seen[seen_indices[e]] = b
+        nt = 0
+        for r in range(r_width):
+            it = recent[b, r]
+            if it < 0:
+                continue
+            for j in range(width):
+                nb = neighbours[it, j]
+                if nb < 0:
+                    continue
+                s = np.float64(similarity[it, j])
+                if not s > 0 or not allowed[nb] or seen[nb] == b:
+                    continue
+                if mark[nb] != b:
+                    mark[nb] = b
+                    acc[nb] = 0.0
+                    touched[nt] = nb
+                    nt += 1
+                acc[nb] += s
+        for t in range(nt):
+            total[0] = np.float32(acc[touched[t]]) + np.float32(0.0)
+            keys[t] = _key(total_bits[0], touched[t])
+        kk = min(k, nt)
+        if nt > kk:
+            _select(keys, nt, kk)
+        _sort(keys, kk, tmp)
+        for t in range(kk):
+            items[b, t] = np.int64(keys[t] & np.uint64(0xFFFF_FFFF))
+            total_bits[0] = _key_bits(keys[t])
+            scores[b, t] = total[0]
+    return items, scores
+
+
+# --- item-kNN from co-occurrence ---------------------------------------------------------------
+
+
+@_jit()
+def _min_heap_push(hs, hi, size, s, i):
+    """Push (s, i) on a min-heap of (score, item) pairs held in hs / hi (pairs compared as tuples)."""
+    j = size
+    while j > 0:
+        p = (j - 1) >> 1
+        if hs[p] < s or (hs[p] == s and hi[p] < i):
+            break
+        hs[j] = hs[p]
+        hi[j] = hi[p]
+        j = p
+    hs[j] = s
+    hi[j] = i
+
+
+@_jit()
+def _min_heap_pop(hs, hi, size):
+    """Remove the smallest pair of a min-heap of `size` pairs (size - 1 remain)."""
+    size -= 1
+    s, i = hs[size], hi[size]
+    j = 0
+    while True:
+        c = 2 * j + 1
+        if c >= size:
+            break
+        if c + 1 < size and (hs[c + 1] < hs[c] or (hs[c + 1] == hs[c] and hi[c + 1] < hi[c])):
+            c += 1
+        if s < hs[c] or (s == hs[c] and i < hi[c]):
+            break
+        hs[j] = hs[c]
+        hi[j] = hi[c]
+        j = c
+    if size > 0:
+        hs[j] = s
+        hi[j] = i
+
+
+@_jit()
+def cooccurrence_top_n(item_indptr, item_users, item_weights, user_indptr, user_items, user_weights, allowed,
+                       n, start, stop, like_implicit):
+    """Top-n co-occurrence neighbours of items start..stop-1: similarity(i, j) = sum over users u
+    of w(u, i) * w(u, j) (float64, users in ascending order as the CSRs give them), neighbours
+    limited to allowed items other than i with a positive similarity.
+
+    item_* is the items x users CSR and user_* the users x items CSR of the same weights (sorted
+    indices). like_implicit: pick as implicit's all_pairs_knn with K = n + 1 does (its heap over
+    the items in its visiting order: ties at the cut go its way, and the item itself or blocked
+    items take places before the restriction), so the result equals recall.recaller's
+    cooccurrence_neighbours on implicit; otherwise the n best by (float32 similarity desc, item
+    asc) among the allowed items. Returns (items int64 rows x n, -1 pads; scores float32, -inf).
+    """
+    rows = stop - start
+    n_items = allowed.shape[0]
+    items = np.full((rows, n), -1, np.int64)
+    scores = np.full((rows, n), -np.inf, np.float32)
+    if n <= 0:
+        return items, scores
+    acc = np.zeros(n_items, np.float64)
+    mark = np.zeros(n_items, np.bool_)
+    touched = np.empty(n_items, np.int64)
+    big_k = n + 1
+    hs = np.empty(big_k, np.float64)
+    hi = np.empty(big_k, np.int64)
+    keys = np.empty(n_items + 1, np.uint64)
+    tmp = np.empty(n_items + 1, np.uint64)
+    one = np.empty(1, np.float32)
+    one_bits = one.view(np.uint32)
+    for i in range(start, stop):
+        nt = 0
+        for a in range(item_indptr[i], item_indptr[i + 1]):
+            u = item_users[a]
+            w1 = item_weights[a]
+            for b in range(user_indptr[u], user_indptr[u + 1]):
+                j = user_items[b]
+                acc[j] += user_weights[b] * w1
+                if not mark[j]:
+                    mark[j] = True
+                    touched[nt] = j
+                    nt += 1
+        cnt = 0
+        if like_implicit:
+            size = 0
+            for t in range(nt - 1, -1, -1):  # implicit walks its list from the last item touched
+                j = touched[t]
+                s = acc[j]
+                if size < big_k or s > hs[0]:
+                    if size >= big_k:
+                        _min_heap_pop(hs, hi, size)
+                        size -= 1
+                    _min_heap_push(hs, hi, size, s, j)
+                    size += 1
+            for t in range(size):
+                j = hi[t]
+                if j != i and allowed[j] and hs[t] > 0:
+                    one[0] = np.float32(hs[t])
+                    keys[cnt] = _key(one_bits[0], j)
+                    cnt += 1
+        else:
+            for t in range(nt):
+                j = touched[t]
+                if j != i and allowed[j] and acc[j] > 0:
+                    one[0] = np.float32(acc[j])
+                    keys[cnt] = _key(one_bits[0], j)
+                    cnt += 1
+        for t in range(nt):
+            acc[touched[t]] = 0.0
+            mark[touched[t]] = False
+        kk = min(n, cnt)
+        if cnt > kk:
+            _select(keys, cnt, kk)
+        _sort(keys, kk, tmp)
+        for t in range(kk):
+            items[i - start, t] = np.int64(keys[t] & np.uint64(0xFFFF_FFFF))
+            one_bits[0] = _key_bits(keys[t])
+            scores[i - start, t] = one[0]
+    return items, scores
+
+
+@_jit()
+def cap_rows(indptr, indices, data, priority, cap):
+    """A CSR with at most `cap` entries per row: each row keeps its entries of highest priority
+    (ties: lower column first), columns stay sorted. Returns (indptr, indices, data)."""
+    rows = indptr.shape[0] - 1
+    out_ptr = np.zeros(rows + 1, np.int64)
+    for r in range(rows):
+        out_ptr[r + 1] = out_ptr[r] + min(cap, indptr[r + 1] - indptr[r])
+    out_idx = np.empty(out_ptr[rows], indices.dtype)
+    out_data = np.empty(out_ptr[rows], data.dtype)
+    for r in range(rows):
+        lo, hi = indptr[r], indptr[r + 1]
+        at = out_ptr[r]
+        if hi - lo <= cap:
+            out_idx[at:at + hi - lo] = indices[lo:hi]
+            out_data[at:at + hi - lo] = data[lo:hi]
+            continue
+        order = np.argsort(-priority[lo:hi], kind="mergesort")[:cap]  # stable: lower column first on ties
+        order.sort()
+        for t in range(cap):
+            out_idx[at + t] = indices[lo + order[t]]
+            out_data[at + t] = data[lo + order[t]]
+    return out_ptr, out_idx, out_data
+
+
+# --- numba's own threads (parallel=True), measured against the thread-pool drivers below --------
+
+
+@_jit(parallel=True)
+def exact_top_k_keys_parallel(queries, vectors, item_idx, k, ex_indptr, ex_pos, bounds, chunk=4096):
+    """exact_top_k_keys over chunks of queries on numba's threads (prange)."""
+    b_total = queries.shape[0]
+    keys = np.empty((b_total, k), np.uint64)
+    chunks = (b_total + chunk - 1) // chunk
+    for c in prange(chunks):
+        a = c * chunk
+        b = min(a + chunk, b_total)
+        keys[a:b] = exact_top_k_keys(queries[a:b], vectors, item_idx, k, ex_indptr[a:b + 1], ex_pos, bounds,
+                                     TILE_QUERIES, TILE_ITEMS)
+    return keys
+
+
+@_jit(parallel=True)
+def ivf_top_k_keys_parallel(queries, probes, offsets, vectors, item_idx, k, ex_indptr, ex_pos, bounds,
+                            chunk=4096):
+    """ivf_top_k_keys over chunks of queries on numba's threads (prange)."""
+    b_total = queries.shape[0]
+    keys = np.empty((b_total, k), np.uint64)
+    chunks = (b_total + chunk - 1) // chunk
+    for c in prange(chunks):
+        a = c * chunk
+        b = min(a + chunk, b_total)
+        keys[a:b] = ivf_top_k_keys(queries[a:b], probes[a:b], offsets, vectors, item_idx, k, ex_indptr[a:b + 1],
+                                   ex_pos, bounds, IVF_TILE_QUERIES, 1)
+    return keys
+
+
+# --- thread drivers ------------------------------------------------------------------------------
+
+
+def in_chunks(n: int, chunk: int, threads: int, run) -> None:
+    """Call run(start, stop) over [0, n) in chunks, on `threads` threads (the kernels release the
+    GIL), BLAS pinned to one thread so the threads do not oversubscribe the cores."""
+    starts = range(0, n, max(1, chunk))
+    with threadpool_limits(limits=1, user_api="blas"):
+        if threads <= 1 or n <= chunk:
+            for s in starts:
+                run(s, min(s + chunk, n))
+        else:
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                for f in [pool.submit(run, s, min(s + chunk, n)) for s in starts]:
+                    f.result()
+
+
+def exclusion_lists(exclude, item_idx: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """(indptr, positions) of a CSR matrix of excluded item indices (one row per query, or None),
+    mapped to index positions, sorted within each row; items not in the index are dropped."""
+    if exclude is None:
+        return np.zeros(rows + 1, np.int64), np.zeros(0, np.int64)
+    if exclude.shape[0] != rows:
+        raise ValueError(f"exclude has {exclude.shape[0]} rows for {rows} queries")
+    position = np.full(max(int(item_idx.max(initial=-1)) + 1, exclude.shape[1]), -1, np.int64)
+    position[item_idx] = np.arange(item_idx.size)
+    return excluded_positions(exclude.indptr.astype(np.int64), exclude.indices.astype(np.int64), position)
+
+
+def exact_keys_numpy_product(queries: np.ndarray, vectors: np.ndarray, item_idx: np.ndarray, k: int,
+                             ex_indptr: np.ndarray, ex_pos: np.ndarray, bounds: np.ndarray,
+                             tile_queries: int = TILE_QUERIES, tile_items: int = TILE_ITEMS) -> np.ndarray:
+    """exact_top_k_keys with the products taken by numpy's np.matmul (numpy's own BLAS, the one
+    recall.index calls) and only the selection compiled: with recall.index's tiles and no early
+    stop, the very products today's search computes, so its results bit for bit."""
+    b_total, n = len(queries), len(vectors)
+    keys = np.full((b_total, max(k, 0)), PAD, np.uint64)
+    kk = min(k, n)
+    if kk <= 0 or b_total == 0:
+        return keys
+    tq = min(tile_queries, b_total)
+    flat = np.empty(tq * tile_items, np.float32)
+    state = exact_state(tq, kk)
+    active = state[5]
+    for q0 in range(0, b_total, tq):
+        m = rows = exact_begin(queries, q0, ex_indptr, state)
+        qt = queries[q0:q0 + rows]
+        for i0 in range(0, n, tile_items):
+            if m == 0:
+                break
+            i1 = min(i0 + tile_items, n)
+            block = flat[:m * (i1 - i0)].reshape(m, i1 - i0)
+            np.matmul(qt if m == rows else qt[active[:m]], vectors[i0:i1].T, out=block)
+            m = exact_offer_block(block, i0, item_idx, q0, ex_indptr, ex_pos, kk, bounds[i1], state, m)
+        exact_end(state, kk, rows, keys[q0:q0 + rows])
+    return keys
+
+
+def exact_search(queries: np.ndarray, vectors: np.ndarray, item_idx: np.ndarray, k: int,
+                 ex_indptr: np.ndarray, ex_pos: np.ndarray, bounds: np.ndarray | None = None,
+                 threads: int = 1, chunk: int = 2048, product: str = "numba", tile_queries: int = TILE_QUERIES,
+                 tile_items: int = TILE_ITEMS) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k over `threads` threads, `chunk` queries a task; (items, scores) B x k.
+
+    bounds: norm_bounds(vectors), computed when None; np.full(n + 1, np.inf) scans every item as
+    today's search does. product: "numba" (exact_top_k_keys: the whole loop compiled, np.dot on
+    the BLAS numba links, SciPy's) or "numpy" (exact_keys_numpy_product: numpy's BLAS)."""
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    bounds = norm_bounds(vectors) if bounds is None else bounds
+    keys = np.empty((len(q), max(k, 0)), np.uint64)
+    kernel = exact_top_k_keys if product == "numba" else exact_keys_numpy_product
+
+    def run(a: int, b: int) -> None:
+        keys[a:b] = kernel(q[a:b], vectors, item_idx, k, ex_indptr[a:b + 1], ex_pos, bounds, tile_queries,
+                           tile_items)
+
+    in_chunks(len(q), chunk, threads, run)
+    return unpack_keys(keys)
+
+
+def ivf_search(queries: np.ndarray, probes: np.ndarray, offsets: np.ndarray, vectors: np.ndarray,
+               item_idx: np.ndarray, k: int, ex_indptr: np.ndarray, ex_pos: np.ndarray,
+               bounds: np.ndarray | None = None, threads: int = 1, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """ivf_top_k_keys over `threads` threads. bounds: cell_bounds(vectors, offsets) (computed when None)."""
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    probes = np.ascontiguousarray(probes, dtype=np.int64)
+    offsets = offsets.astype(np.int64)
+    bounds = cell_bounds(vectors, offsets) if bounds is None else bounds
+    keys = np.empty((len(q), max(k, 0)), np.uint64)
+
+    def run(a: int, b: int) -> None:
+        keys[a:b] = ivf_top_k_keys(q[a:b], probes[a:b], offsets, vectors, item_idx, k, ex_indptr[a:b + 1], ex_pos,
+                                   bounds)
+
+    in_chunks(len(q), chunk, threads, run)
+    return unpack_keys(keys)
+
+
+def probe_cells(queries: np.ndarray, centroids: np.ndarray, nprobe: int, threads: int = 1,
+                chunk: int = 8192) -> np.ndarray:
+    """nearest_cells over `threads` threads."""
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+    out = np.empty((len(q), max(nprobe, 0)), np.int64)
+
+    def run(a: int, b: int) -> None:
+        out[a:b] = nearest_cells(q[a:b], centroids, nprobe)
+
+    in_chunks(len(q), chunk, threads, run)
+    return out
+
+
+def item_based(neighbours: np.ndarray, similarity: np.ndarray, recent: np.ndarray, seen, allowed: np.ndarray,
+               k: int, threads: int = 1, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """item_based_top_k for a batch whose seen rows are the CSR `seen` (len(recent) rows)."""
+    b = len(recent)
+    items = np.empty((b, max(k, 0)), np.int64)
+    scores = np.empty((b, max(k, 0)), np.float32)
+    indptr, indices = seen.indptr.astype(np.int64), seen.indices.astype(np.int64)
+    recent = np.ascontiguousarray(recent, dtype=np.int64)
+    neighbours = np.ascontiguousarray(neighbours, dtype=np.int64)
+    similarity = np.ascontiguousarray(similarity, dtype=np.float32)
+    allowed = np.ascontiguousarray(allowed, dtype=np.bool_)
+
+    def run(a: int, c: int) -> None:
+        items[a:c], scores[a:c] = item_based_top_k(neighbours, similarity, recent[a:c], indptr[a:c + 1] - 0,
+                                                   indices, allowed, k)
+
+    in_chunks(b, chunk, threads, run)
+    return items, scores
+
+
+def cooccurrence_weights(user_items, kind: str, k1: float = 1.2, b: float = 0.75):
+    """The users x items weights implicit's recommenders fit on (BM25: bm25_weight over item rows;
+    cosine: item rows scaled to unit length), computed by implicit's own functions, float64 CSR."""
+    counts = user_items.tocsr()
+    if kind == "bm25":
+        weighted = bm25_weight(counts.T, k1, b).T
+    elif kind == "cosine":
+        weighted = normalize(counts.T).T
+    else:
+        raise ValueError(f"unknown co-occurrence similarity {kind!r}")
+    out = sp.csr_matrix(weighted, dtype=np.float64)
+    out.sort_indices()
+    return out
+
+
+def item_knn(user_items, kind: str, n: int, allowed: np.ndarray, max_user_items: int = 0,
+             priority: np.ndarray | None = None, like_implicit: bool = True, threads: int = 1,
+             chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """Top-n co-occurrence neighbours of every item (n_items x n), as implicit's BM25 and cosine
+    recommenders compute them (kind: bm25 or cosine).
+
+    max_user_items > 0 caps each user's row at its `max_user_items` entries of highest `priority`
+    (ties: lower item first), after weighting, so the kept entries keep their full-matrix weights.
+    priority: aligned with the entries of user_items as a CSR with sorted indices (e.g. the last
+    time of each pair, to keep the most recent); default: the weight itself. A user with d items
+    costs d^2 updates: the heaviest users dominate the cost while adding least to any one item's
+    neighbours (bench.kernels measures what a cap costs in recall).
+    """
+    weights = cooccurrence_weights(user_items, kind)
+    if max_user_items > 0:
+        prio = weights.data if priority is None else np.asarray(priority, np.float64)
+        if prio.shape != weights.data.shape:
+            raise ValueError("priority must align with the matrix entries")
+        ptr, idx, data = cap_rows(weights.indptr.astype(np.int64), weights.indices, weights.data, prio, max_user_items)
+        weights = sp.csr_matrix((data, idx, ptr), shape=weights.shape)
+    items_t = weights.T.tocsr()
+    items_t.sort_indices()
+    n_items = weights.shape[1]
+    allowed = np.ascontiguousarray(allowed, dtype=np.bool_)
+    out_items = np.empty((n_items, max(n, 0)), np.int64)
+    out_scores = np.empty((n_items, max(n, 0)), np.float32)
+    args = (items_t.indptr.astype(np.int64), items_t.indices.astype(np.int64), items_t.data,
+            weights.indptr.astype(np.int64), weights.indices.astype(np.int64), weights.data, allowed, n)
+
+    def run(a: int, b: int) -> None:
+        out_items[a:b], out_scores[a:b] = cooccurrence_top_n(*args, a, b, like_implicit)
+
+    in_chunks(n_items, chunk, threads, run)
+    return out_items, out_scores

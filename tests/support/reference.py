@@ -1,0 +1,49 @@
+"""Reference implementations the compiled kernels are tested against: plain numpy and implicit,
+written for clarity, not speed (what the pipeline ran before the kernels were compiled)."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import scipy.sparse as sp
+from implicit.nearest_neighbours import BM25Recommender, CosineRecommender
+
+from recall.kernel.keys import csr_keys, in_keys
+from recall.kernel.rows import best_per_row, sum_repeats
+
+
+def item_based(neighbours: np.ndarray, similarity: np.ndarray, recent: np.ndarray, seen: sp.csr_matrix,
+               allowed: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unseen allowed neighbours of each user's recent items, by summed similarity (float64 sums
+    in (recent, neighbour) order, rounded to float32)."""
+    b = len(recent)
+    nb = neighbours[np.maximum(recent, 0)].reshape(b, -1)
+    sim = similarity[np.maximum(recent, 0)].reshape(b, -1).astype(np.float64)
+    valid = np.repeat(recent >= 0, neighbours.shape[1], axis=1) & (nb >= 0) & (sim > 0)
+    valid &= allowed[np.maximum(nb, 0)]
+    valid &= ~in_keys(csr_keys(seen), np.arange(b)[:, None], nb, seen.shape[1])
+    items, totals, _ = sum_repeats(np.where(valid, nb, -1), np.where(valid, sim, 0.0))
+    return best_per_row(items, totals.astype(np.float32), k)
+
+
+def implicit_neighbours(user_items: sp.csr_matrix, kind: str, k: int, allowed: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k item-kNN neighbours from implicit's BM25 / cosine recommenders (K = k + 1), the item
+    itself, blocked items and non-positive similarities left out, ties by item."""
+    model = (BM25Recommender if kind == "bm25" else CosineRecommender)(K=k + 1, num_threads=1)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Method expects CSR input")
+        model.fit(user_items.tocsr(), show_progress=False)
+    sim = model.similarity.tocoo()
+    keep = (sim.row != sim.col) & allowed[sim.col] & (sim.data > 0)
+    row, col, val = sim.row[keep], sim.col[keep].astype(np.int64), sim.data[keep].astype(np.float32)
+    order = np.lexsort((col, -val, row))
+    row, col, val = row[order], col[order], val[order]
+    rank = np.arange(row.size) - np.searchsorted(row, row)
+    top = rank < k
+    n = user_items.shape[1]
+    items = np.full((n, k), -1, np.int64)
+    scores = np.full((n, k), -np.inf, np.float32)
+    items[row[top], rank[top]] = col[top]
+    scores[row[top], rank[top]] = val[top]
+    return items, scores
