@@ -26,7 +26,7 @@ from recall.runtime import job_threads
 from recall.samples import datasets
 from recall.samples.synth import SynthSpec, generate
 from recall.spec.sections import JobSpec
-from recall.store.layout import job_dir
+from recall.store.layout import TABLES, job_dir
 from recall.store.reader import read_table
 
 DESCRIPTION = """\
@@ -177,7 +177,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"holdout recall@{manifest.metrics.k}: merged {manifest.metrics.merged.recall:.4f}, "
               f"popular baseline {manifest.metrics.popular_baseline.recall:.4f}")
     with pd.option_context("display.width", 120, "display.max_columns", 10):
-        for table in manifest.tables if manifest else {}:
+        for table in [t for t in TABLES if t in manifest.tables] if manifest else []:
             frame = read_table(spec.name, table, date.isoformat(), output=out.root.parent)
             print(f"\n{table}: {len(frame):,} rows in {out.partition(table, date.isoformat())}")
             print(frame.head(5).to_string(index=False))
