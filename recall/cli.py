@@ -17,7 +17,7 @@ from recall.ingest.prepare import prepare
 from recall.ingest.window import Window
 from recall.jobs import find_job
 from recall.ops import report, schedule
-from recall.ops.logs import setup_console
+from recall.ops.logs import add_serve_log, setup_console
 from recall.ops.status import print_status
 from recall.run.batch import catch_up, run_dates
 from recall.run import tune
@@ -211,6 +211,25 @@ def cmd_cron(args: argparse.Namespace) -> int:
     return schedule.command(args.action, root, args.tabfile)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    root = project_root(args)
+    names = args.jobs or sorted(p.stem for p in (root / "jobs").glob("*.toml"))
+    if not names:
+        raise SpecError(f"no job to serve: name one, or put specs in {root / 'jobs'}")
+    jobs = {}
+    for name in names:
+        spec = load(args, name)[0]
+        jobs[spec.name] = job_dir(spec, root)
+    if not 1 <= args.workers <= 64:
+        raise SpecError(f"--workers must be from 1 to 64, got {args.workers}")
+    from recall.serve.main import serve  # the server's libraries load only for this verb
+    add_serve_log(root)
+    if args.poll <= 0:
+        raise SpecError(f"--poll must be positive, got {args.poll}")
+    return serve(jobs, args.host, args.port, args.workers, Path(args.cache) if args.cache else root / "data" / "serve",
+                 args.poll)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="recall", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", metavar="DIR",
@@ -296,6 +315,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*", metavar="NAME", help="movielens, movietweetings, lastfm (default: all)")
     p.add_argument("--source", metavar="DIR", help="the datasets folder (default: $RECALL_DATASETS or ../shared/datasets)")
     p.set_defaults(func=cmd_datasets)
+
+    p = sub.add_parser("serve", help="HTTP/JSON lookups of the latest published tables, with fold-in",
+                       description="Serve the newest published run of each JOB (default: every spec in jobs/) "
+                                   "over HTTP: u2i, i2i, popular, fold-in of new users, /healthz, /metrics. "
+                                   "A newly published run is loaded in the background and swapped in.")
+    p.add_argument("jobs", metavar="JOB", nargs="*", help="job specs (default: every spec in jobs/)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1; about one per core)")
+    p.add_argument("--cache", metavar="DIR", help="where loaded runs are built (default: data/serve)")
+    p.add_argument("--poll", type=float, default=1.0, metavar="SECONDS",
+                   help="how often _LATEST and the manifests are looked at for a new run (default 1)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="generate data for jobs/example.toml, run it, show the tables",
                        description="The first thing to try: runs the example job end to end.")

@@ -89,22 +89,24 @@ def user_vector(fold: FoldIn, items: np.ndarray, r: np.ndarray) -> np.ndarray:
     return np.linalg.solve(a, y.T @ weight).astype(np.float32)
 
 
-def fold_batch(fold: FoldIn, histories: Sequence[tuple[np.ndarray, np.ndarray | None]], recent: int) -> UserBatch:
+def fold_batch(fold: FoldIn | None, histories: Sequence[tuple[np.ndarray, np.ndarray | None]], recent: int,
+               n_items: int) -> UserBatch:
     """A UserBatch of folded-in users for the candidate kernel. Each history is (item indices,
-    most recent first; their weights or None for 1 each): the user's vector by fold-in, their
-    items as the seen filter, their first `recent` distinct items as the recent items."""
-    vectors = np.zeros((len(histories), fold.settings.factors), np.float32)
+    most recent first; their weights or None for 1 each): the user's vector by fold-in (none
+    without a model: sources without factors still answer), their items as the seen filter,
+    their first `recent` distinct items as the recent items."""
+    vectors = None if fold is None else np.zeros((len(histories), fold.settings.factors), np.float32)
     rows, cols = [], []
     latest = np.full((len(histories), recent), -1, np.int64)
     for u, (items, weights) in enumerate(histories):
         distinct, counts = summed(items, weights)
-        if distinct.size:
+        if distinct.size and fold is not None:
             vectors[u] = user_vector(fold, distinct, confidence(fold, distinct, counts))
         rows.append(np.full(distinct.size, u, np.int64))
         cols.append(distinct)
         firsts = np.asarray(items, dtype=np.int64)[np.sort(np.unique(items, return_index=True)[1])][:recent]
         latest[u, :firsts.size] = firsts
     row, col = np.concatenate(rows or [np.zeros(0, np.int64)]), np.concatenate(cols or [np.zeros(0, np.int64)])
-    seen = sp.csr_matrix((np.ones(row.size, np.int8), (row, col)), shape=(len(histories), fold.n_items))
+    seen = sp.csr_matrix((np.ones(row.size, np.int8), (row, col)), shape=(len(histories), n_items))
     seen.sort_indices()
     return UserBatch(np.arange(len(histories), dtype=np.int64), seen, vectors, latest if recent else None)
