@@ -222,7 +222,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         jobs[spec.name] = job_dir(spec, root)
     if not 1 <= args.workers <= 64:
         raise SpecError(f"--workers must be from 1 to 64, got {args.workers}")
-    from recall.serve.main import serve  # the server's libraries load only for this verb
+    try:
+        from recall.serve.main import serve  # the server's libraries load only for this verb
+    except ImportError as exc:
+        raise SpecError(f"recall serve needs its extra: {exc}", hint="pip install 'recall[serve]'") from None
     add_serve_log(root)
     if args.poll <= 0:
         raise SpecError(f"--poll must be positive, got {args.poll}")
