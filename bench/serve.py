@@ -268,8 +268,11 @@ def foldins(port: int, job: str, histories: list[list], count: int) -> dict:
 def sample_users_and_histories(root: Path, job: JobDir, date: str, users: int, histories: int, seed: int = 0):
     """Known user ids (from the u2i table) and real users' histories (most recent first, from the log)."""
     u2i = job.partition("u2i", date)
-    first = pq.ParquetFile(sorted(u2i.glob("part-*.parquet"))[0])
-    ids = first.read_row_group(0, columns=["user_id"])["user_id"].unique().to_pylist()
+    ids = []  # every user of the table, so the lookups touch all of it (an honest RSS)
+    for path in sorted(u2i.glob("part-*.parquet")):
+        for batch in pq.ParquetFile(path).iter_batches(columns=["user_id"]):
+            ids += batch["user_id"].unique().to_pylist()
+    ids = sorted(set(ids))
     rng = random.Random(seed)
     chosen = rng.sample(ids, min(users, len(ids)))
     spec_log = Path(next(l for l in (root / "jobs" / f"{job.name}.toml").read_text().splitlines()
@@ -296,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     tool = ("wrk" if shutil.which("wrk") else "python") if a.tool == "auto" else a.tool
     root, job = prepare(a.size, a.work)
     date = latest(job)
-    users, histories = sample_users_and_histories(root, job, date, 20_000, 200)
+    users, histories = sample_users_and_histories(root, job, date, 50_000, 200)
     port = free_port()
     server, start_s = start_server(root, job.name, port, a.workers)
     result: dict = {"size": a.size, "workers": a.workers, "connections": a.connections, "tool": tool,
@@ -329,13 +332,21 @@ def reloads_under_load(port: int, job: JobDir, date: str, users: list, a, tool: 
     """Lookups run while `a.reloads` new runs are published, each waited for until served."""
     seconds_each = []
     outcome: dict = {}
-    duration = max(30.0, a.reloads * 12.0)
-    load = threading.Thread(target=lambda: outcome.update(lookups(port, job.name, users, duration, a.connections, tool)))
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
+    load_s = float(next(l for l in metrics.splitlines() if l.startswith("recall_serve_load_seconds")).split()[-1])
+    duration = a.reloads * (2 * load_s + 1.5) + 3  # room for every reload, however long a build takes
+    def load_for(seconds: float) -> None:
+        try:
+            outcome.update(lookups(port, job.name, users, seconds, a.connections, tool))
+        except Exception as exc:  # noqa: BLE001 - reported below, as a failure of the phase
+            outcome.update(error=f"{type(exc).__name__}: {exc}")
+
+    load = threading.Thread(target=load_for, args=(duration,))
     load.start()
     began = time.monotonic()
     served = []
     for n in range(a.reloads):
-        if time.monotonic() - began > duration - 8:
+        if time.monotonic() - began > duration - (2 * load_s + 1):
             break
         run_id = republish(job, date, n)
         published = time.perf_counter()
@@ -346,6 +357,8 @@ def reloads_under_load(port: int, job: JobDir, date: str, users: list, a, tool: 
         seconds_each.append(time.perf_counter() - published)
         served.append(run_id)
     load.join()
+    if "error" in outcome:
+        raise RuntimeError(f"the load during the reloads failed: {outcome['error']}")
     return {"reloads": len(served), "publish_to_served_s": [round(s, 2) for s in seconds_each], **outcome}
 
 

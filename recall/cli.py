@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from recall.ingest.prepare import prepare
 from recall.ingest.window import Window
 from recall.jobs import find_job
 from recall.ops import report, schedule
-from recall.ops.logs import add_serve_log, setup_console
+from recall.ops.logs import setup_console
 from recall.ops.status import print_status
 from recall.run.batch import catch_up, run_dates
 from recall.run import tune
@@ -222,15 +223,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         jobs[spec.name] = job_dir(spec, root)
     if not 1 <= args.workers <= 64:
         raise SpecError(f"--workers must be from 1 to 64, got {args.workers}")
-    try:
-        from recall.serve.main import serve  # the server's libraries load only for this verb
-    except ImportError as exc:
-        raise SpecError(f"recall serve needs its extra: {exc}", hint="pip install 'recall[serve]'") from None
-    add_serve_log(root)
     if args.poll <= 0:
         raise SpecError(f"--poll must be positive, got {args.poll}")
-    return serve(jobs, args.host, args.port, args.workers, Path(args.cache) if args.cache else root / "data" / "serve",
-                 args.poll)
+    try:
+        import orjson  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise SpecError(f"recall serve needs its extra: {exc}", hint="pip install 'recall[serve]'") from None
+    cache = Path(args.cache).resolve() if args.cache else root / "data" / "serve"
+    settings = {"root": str(root), "jobs": {name: str(job.root) for name, job in jobs.items()}, "host": args.host,
+                "port": args.port, "workers": args.workers, "cache": str(cache), "poll": args.poll}
+    # the server runs as `python -m recall.serve.main` in this same process (same pid): it and its
+    # workers import only what serving needs, not the training stack the command line loads
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "recall.serve.main", json.dumps(settings)])
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import scipy.sparse as sp
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from recall.kernel.keys import pack, unpack
 from recall.kernel.state import ItemIndex
@@ -154,7 +154,7 @@ def _in_tiles(n: int, size: int, k: int, tile: Callable[[int, int], np.ndarray],
         keys[start:start + size] = tile(start, min(start + size, n))
 
     starts = range(0, n, size)
-    with threadpool_limits(limits=1, user_api="blas"):
+    with single_threaded_blas():
         if threads <= 1 or n <= size:
             for start in starts:
                 run(start)
@@ -162,6 +162,18 @@ def _in_tiles(n: int, size: int, k: int, tile: Callable[[int, int], np.ndarray],
             with ThreadPoolExecutor(max_workers=threads) as pool:
                 list(pool.map(run, starts))
     return keys
+
+
+_controller: ThreadpoolController | None = None
+
+
+def single_threaded_blas():
+    """BLAS pinned to one thread. The libraries are looked up once per process (a lookup reads
+    /proc/self/maps: ~3 ms, more than a whole one-user search), then only their limits change."""
+    global _controller
+    if _controller is None:
+        _controller = ThreadpoolController()
+    return _controller.limit(limits=1, user_api="blas")
 
 
 def _items_top_k(q: np.ndarray, index: ItemIndex, k: int, excluded) -> np.ndarray:

@@ -5,7 +5,7 @@ by every worker through the page cache, never written again (a new run gets a ne
     item_ids.arrow            the item ids (Arrow IPC, the table's type); row i is item index i
     <table>.keys.npy|.arrow   the sorted keys of u2i (user ids) and i2i (item ids)
     <table>.start.npy         int64, key i's rows are start[i]:start[i + 1]
-    <table>.item.npy          int32 item index of each row, in rank order
+    <table>.item.npy          item index of each row, in rank order (uint16 up to 65,536 items, else int32)
     <table>.score.npy         float32
     u2i.source.npy            int8 source code (recall.sources.CODE)
     popular.item|score.npy    the popular table's rows
@@ -68,7 +68,7 @@ def build(job: JobDir, date: str, run_id: str, target: Path) -> float:
         if i2i.exists():
             tables["i2i"] = keyed(i2i, run_id, tmp / "i2i", "item_id", "similar_item_id", item_ids)
         popular = read_partition(job.partition("popular", date), run_id, ["item_id", "score"])
-        np.save(tmp / "popular.item.npy", item_index(popular["item_id"], item_ids))
+        np.save(tmp / "popular.item.npy", item_index(popular["item_id"], item_ids).astype(np.int64))
         np.save(tmp / "popular.score.npy", popular["score"].to_numpy().astype(np.float32))
         meta = {"job": job.name, "date": date, "run_id": run_id, "settings": dict(published.settings),
                 "side": side, "tables": tables, "built_s": round(time.perf_counter() - started, 3)}
@@ -109,7 +109,7 @@ def keyed(folder: Path, run_id: str, out: Path, key: str, item: str, item_ids: p
     fd, marker = open_partition(folder, run_id)
     try:
         total = int(marker["rows"])
-        items = np.lib.format.open_memmap(f"{out}.item.npy", "w+", np.int32, (total,))
+        items = np.lib.format.open_memmap(f"{out}.item.npy", "w+", index_type(len(item_ids)), (total,))
         scores = np.lib.format.open_memmap(f"{out}.score.npy", "w+", np.float32, (total,))
         sources = np.lib.format.open_memmap(f"{out}.source.npy", "w+", np.int8, (total,)) if with_source else None
         keys, starts, done, last, key_type = [], [], 0, None, None
@@ -183,6 +183,11 @@ def open_partition(folder: Path, run_id: str) -> tuple[int, dict]:
     except BaseException:
         os.close(fd)
         raise
+
+
+def index_type(n_items: int) -> np.dtype:
+    """The narrowest type for item indices: 2 bytes a row instead of 4 for most catalogues."""
+    return np.dtype(np.uint16 if n_items <= np.iinfo(np.uint16).max + 1 else np.int32)
 
 
 def item_index(ids: pa.Array | pa.ChunkedArray, item_ids: pa.Array) -> np.ndarray:

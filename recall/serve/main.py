@@ -1,5 +1,8 @@
 """`recall serve`: load every job's newest run, then run uvicorn with the loader in the background.
 
+The command line checks the arguments and the jobs, then becomes `python -m recall.serve.main
+SETTINGS` (exec, same pid), so the server and its spawned workers import only the serving code.
+
 One process with `--workers 1`; with more, uvicorn's supervisor spawns the workers on one shared
 listening socket and restarts any that dies, while this process (the supervisor) runs the
 loader. Workers share the built runs through the page cache (memory maps) and the request
@@ -7,6 +10,7 @@ counters through the metrics slots, both under `<cache>/`.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -16,6 +20,7 @@ from pathlib import Path
 import uvicorn
 from loguru import logger
 
+from recall.ops.logs import add_serve_log
 from recall.serve.app import CONFIG_ENV, App, Config
 from recall.serve.loader import POLL_S, Loader
 from recall.store.layout import JobDir
@@ -53,3 +58,15 @@ def serve(jobs: dict[str, JobDir], host: str, port: int, workers: int, cache: Pa
         thread.join(timeout=30)
         shutil.rmtree(instance, ignore_errors=True)
     return 0
+
+
+def main(argv: list[str]) -> int:
+    settings = json.loads(argv[0])
+    add_serve_log(Path(settings["root"]))
+    jobs = {name: JobDir(Path(path)) for name, path in settings["jobs"].items()}
+    return serve(jobs, settings["host"], settings["port"], settings["workers"], Path(settings["cache"]),
+                 settings["poll"])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

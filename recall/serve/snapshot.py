@@ -89,7 +89,7 @@ class Lists:
 
     keys: Keys
     start: np.ndarray
-    item: np.ndarray  # int32 item index
+    item: np.ndarray  # item index (uint16 or int32)
     score: np.ndarray
     source: np.ndarray | None  # int8 source code (u2i)
     width: int  # the longest list: the most a request may ask for
