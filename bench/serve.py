@@ -194,7 +194,7 @@ done = function(summary, latency, requests)
 end
 """)
     try:
-        out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "5s", "-s", str(script),
+        out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "5s", "-s", str(script),
                               f"http://127.0.0.1:{port}/"], capture_output=True, text=True, check=True).stdout
     finally:
         script.unlink(missing_ok=True)

@@ -19,12 +19,8 @@ request objects cost ~10% of the throughput of a 100-row u2i lookup and add noth
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import re
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import parse_qsl, unquote_to_bytes
 
 import numpy as np
@@ -33,7 +29,8 @@ from loguru import logger
 
 from recall.kernel.foldin import fold_batch
 from recall.serve import metrics
-from recall.serve.loader import Follower
+from recall.serve.config import Config
+from recall.serve.follow import Follower
 from recall.serve.snapshot import Snapshot
 from recall.sources import NAMES
 from recall.sources.recommend import recommend
@@ -46,7 +43,6 @@ INT64 = (-(2 ** 63), 2 ** 63 - 1)
 JSON = [(b"content-type", b"application/json")]
 TEXT = [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]
 SOURCE_NAMES = list(NAMES)
-CONFIG_ENV = "RECALL_SERVE_CONFIG"
 
 
 class Problem(Exception):
@@ -55,21 +51,6 @@ class Problem(Exception):
     def __init__(self, status: int, message: str, headers: list | None = None) -> None:
         super().__init__(message)
         self.status, self.headers = status, headers or []
-
-
-@dataclass(frozen=True)
-class Config:
-    instance: Path  # the loader's state files and the metrics slots
-    jobs: list[str]
-    limits: dict = field(default_factory=dict)
-
-    def to_env(self) -> str:
-        return json.dumps({"instance": str(self.instance), "jobs": self.jobs})
-
-    @classmethod
-    def from_env(cls) -> Config:
-        data = json.loads(os.environ[CONFIG_ENV])
-        return cls(Path(data["instance"]), list(data["jobs"]))
 
 
 def create_app() -> App:

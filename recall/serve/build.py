@@ -22,7 +22,9 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -219,3 +221,29 @@ def write_keys(out: Path, keys: pa.Array) -> None:
 def write_ids(path: Path, ids: pa.Array) -> None:
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, pa.schema([("id", ids.type)])) as writer:
         writer.write_table(pa.table({"id": ids}))
+
+
+def main(argv: list[str]) -> int:
+    """`python -m recall.serve.build JOB_FOLDER DATE RUN_ID TARGET` (what the loader runs): build,
+    then open the result as every worker will, so a broken run fails here and not there. Exit 0,
+    75 when a rerun replaced the run meanwhile, 1 with the reason on the last stderr line."""
+    from recall.serve.snapshot import Snapshot
+
+    job, date, run_id, target = JobDir(Path(argv[0])), argv[1], argv[2], Path(argv[3])
+    try:
+        seconds = build(job, date, run_id, target)
+        Snapshot.open(target)
+    except StaleRun as exc:
+        print(exc, file=sys.stderr)
+        return 75
+    except Exception as exc:  # noqa: BLE001 - the loader reports it and keeps the old run
+        traceback.print_exc()
+        shutil.rmtree(target, ignore_errors=True)
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({"seconds": round(seconds, 3)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -8,14 +8,17 @@ file `<instance>/state-<job>.json` (atomically): the folder to serve and the rec
 (reloads, failures, load time). A run that fails to build is logged and counted there, and the
 old run keeps serving; it is tried again after `RETRY_S` or when a newer run appears.
 
-A worker checks the state files' stat every `FOLLOW_S`; on a change it opens the announced folder
-(memory maps, milliseconds) off the event loop and swaps the job's snapshot in one assignment.
+The build runs in a child process (`python -m recall.serve.build`): its memory (a row group of
+the table at a time, Arrow's pools) goes back to the system when it ends, and this process, the
+supervisor of the workers, imports neither numpy nor pyarrow. Workers follow the state files
+(recall.serve.follow).
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -23,14 +26,12 @@ from pathlib import Path
 
 from loguru import logger
 
-from recall.serve.build import StaleRun, build
-from recall.serve.snapshot import Snapshot
-from recall.store.atomic import read_json, write_atomic
+from recall.store.atomic import write_atomic
 from recall.store.layout import JobDir
 from recall.store.state import is_published, latest, published_dates, read_manifest
 
 POLL_S = 1.0  # the loader's look at _LATEST and the manifests
-FOLLOW_S = 0.2  # a worker's look at the state files
+STALE = 75  # the build's exit code when a rerun replaced the run while it was read
 RETRY_S = 30.0  # a run that failed to build is tried again after this
 KEEP_BUILT = 2  # built runs kept per job: the one served and the one before (workers may lag)
 
@@ -101,18 +102,20 @@ class Loader:
             return
         state.tried_at = time.time()
         target = self.cache / state.job / run_id
-        try:
-            seconds = build(job, date, run_id, target)
-            Snapshot.open(target)  # what every worker will do: fail here, not there
-        except StaleRun as exc:  # a rerun is replacing the date right now: the next look gets it
-            logger.info(f"serve {state.job}: {date} changed while loading ({exc}); loading again")
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "recall.serve.build", str(job.root), date, run_id, str(target)],
+                              capture_output=True, text=True)
+        seconds = time.perf_counter() - started
+        if done.returncode == STALE:  # a rerun is replacing the date right now: the next look gets it
+            logger.info(f"serve {state.job}: {date} changed while loading ({last_line(done.stderr)}); loading again")
             return
-        except Exception as exc:  # noqa: BLE001 - any failure keeps the old run serving
+        if done.returncode != 0:  # any failure keeps the old run serving
             state.failures += 1
-            state.failing, state.error = run_id, f"{type(exc).__name__}: {exc}"
-            logger.opt(exception=exc).error(
+            state.failing, state.error = run_id, last_line(done.stderr) or f"exit {done.returncode}"
+            logger.error(
                 f"serve {state.job}: run {run_id} of {date} failed to load; still serving "
-                + (f"run {state.run_id} of {state.date}" if state.run_id else "nothing") + f": {state.error}")
+                + (f"run {state.run_id} of {state.date}" if state.run_id else "nothing") + f": {state.error}\n"
+                + done.stderr.strip()[-4000:])
             self.announce(state)
             return
         if state.run_id:
@@ -131,6 +134,7 @@ class Loader:
             shutil.rmtree(old, ignore_errors=True)  # mapped files stay readable until unmapped
 
     def run(self, stop: threading.Event, every: float = POLL_S) -> None:
+        """Look every `every` seconds until `stop` is set."""
         while not stop.wait(every):
             try:
                 self.check()
@@ -148,56 +152,6 @@ def state_file(instance: Path, job: str) -> Path:
     return instance / f"state-{job}.json"
 
 
-class Follower:
-    """A worker's side: the snapshot of each job, swapped when the loader announces a new run."""
-
-    def __init__(self, instance: Path, jobs: list[str]) -> None:
-        self.instance, self.jobs = instance, jobs
-        self.snapshots: dict[str, Snapshot] = {}
-        self.states: dict[str, dict] = {job: {"job": job} for job in jobs}
-        self._seen: dict[str, tuple[int, int]] = {}
-
-    def changed(self) -> list[str]:
-        out = []
-        for job in self.jobs:
-            try:
-                st = state_file(self.instance, job).stat()
-            except FileNotFoundError:
-                continue
-            if self._seen.get(job) != (st.st_mtime_ns, st.st_size):
-                out.append(job)
-        return out
-
-    def refresh(self, job: str) -> Snapshot | None:
-        """Read the job's state; the snapshot to swap in when it names a new run (else None)."""
-        path = state_file(self.instance, job)
-        st = path.stat()
-        state = read_json(path)
-        if state is None:
-            return None
-        current = self.snapshots.get(job)
-        fresh = None
-        if state.get("folder") and (current is None or current.run_id != state["run_id"]):
-            fresh = Snapshot.open(Path(state["folder"]))
-        self.states[job] = state
-        self._seen[job] = (st.st_mtime_ns, st.st_size)
-        return fresh
-
-    def follow_once(self) -> None:
-        """Synchronously (tests, the single-process start)."""
-        for job in self.changed():
-            fresh = self.refresh(job)
-            if fresh is not None:
-                self.snapshots[job] = fresh
-
-    async def follow(self, every: float = FOLLOW_S) -> None:
-        while True:
-            for job in self.changed():
-                try:
-                    fresh = await asyncio.to_thread(self.refresh, job)
-                except Exception as exc:  # noqa: BLE001 - keep serving the old run; retried next look
-                    logger.warning(f"serve {job}: could not open the announced run: {exc}")
-                    continue
-                if fresh is not None:
-                    self.snapshots[job] = fresh  # the swap: requests that began keep their own
-            await asyncio.sleep(every)
+def last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].strip()[:500] if lines else ""

@@ -21,7 +21,7 @@ import uvicorn
 from loguru import logger
 
 from recall.ops.logs import add_serve_log
-from recall.serve.app import CONFIG_ENV, App, Config
+from recall.serve.config import CONFIG_ENV, Config
 from recall.serve.loader import POLL_S, Loader
 from recall.store.layout import JobDir
 
@@ -50,6 +50,8 @@ def serve(jobs: dict[str, JobDir], host: str, port: int, workers: int, cache: Pa
                    timeout_keep_alive=KEEP_ALIVE_S, limit_concurrency=MAX_CONNECTIONS, lifespan="on")
     try:
         if workers <= 1:
+            from recall.serve.app import App  # the serving code, in this process only when it serves
+
             uvicorn.run(App(config), **options)
         else:
             uvicorn.run("recall.serve.app:create_app", factory=True, workers=workers, **options)
