@@ -292,3 +292,14 @@ def republish(job: JobDir, date: str, tag: str, settings: dict | None = None) ->
     publication.publish(dataclasses.replace(manifest, run_id=run_id, tables=tables), keep_days=14)
     shutil.rmtree(job.staging(run_id), ignore_errors=True)
     return run_id
+
+
+def test_serve_refuses_a_bad_command_line(project, cli, tmp_path):
+    result = cli(project, "serve", "--workers", "0")
+    assert result.returncode == 2 and "--workers must be from 1 to 64" in result.stderr
+    result = cli(project, "serve", "nosuchjob")
+    assert result.returncode == 2 and "nosuchjob" in result.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = cli(empty, "serve")
+    assert result.returncode == 2 and "no job to serve" in result.stderr

@@ -56,6 +56,9 @@ def build(job: JobDir, date: str, run_id: str, target: Path) -> float:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
+        if not job.partition(ITEM_SIDE, date).is_dir():
+            raise ValueError(f"run {run_id} of {date} has no {ITEM_SIDE} (its engine or version does not publish "
+                             "one); rerun the date with this version")
         published = item_side.load(job.partition(ITEM_SIDE, date))
         if published.run_id != run_id:
             raise StaleRun(f"{ITEM_SIDE} of {date} holds run {published.run_id}, not {run_id}")
