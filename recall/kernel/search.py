@@ -177,12 +177,15 @@ def single_threaded_blas():
 
 
 def _items_top_k(q: np.ndarray, index: ItemIndex, k: int, excluded) -> np.ndarray:
-    """Exact: every item, in tiles of TILE_ITEMS."""
+    """Exact: every item, in tiles of TILE_ITEMS for a full tile of queries, wider for fewer (the
+    block stays TILE_QUERIES x TILE_ITEMS scores), so one user (a fold-in) is one product and one
+    selection rather than a tile loop."""
     top = RunningTopK(len(q), k)
     ex_rows, ex_pos = excluded
-    block = np.empty(len(q) * TILE_ITEMS, np.float32)
-    for lo in range(0, index.size, TILE_ITEMS):
-        hi = min(lo + TILE_ITEMS, index.size)
+    width = max(TILE_ITEMS, TILE_QUERIES * TILE_ITEMS // max(len(q), 1))
+    block = np.empty(len(q) * min(width, index.size), np.float32)
+    for lo in range(0, index.size, width):
+        hi = min(lo + width, index.size)
         scores = block[:len(q) * (hi - lo)].reshape(len(q), hi - lo)
         np.matmul(q, index.vectors[lo:hi].T, out=scores)
         a, b = np.searchsorted(ex_pos, (lo, hi))
