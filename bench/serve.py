@@ -167,6 +167,40 @@ def memory_kb(pid: int) -> tuple[int, int]:
     return rss, pss
 
 
+HZ = os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds over a phase: the whole machine's, the server's (its processes and the builds
+    they waited for) and this benchmark's with its load generator; the rest is other people's
+    work on a shared machine, which the latencies suffer from."""
+
+    def __init__(self, server_pid: int) -> None:
+        self.server_pid = server_pid
+        self.start = self.sample()
+
+    def sample(self) -> tuple[float, float, float, float]:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        busy = sum(int(fields[i]) for i in (0, 1, 2, 5, 6, 7)) / HZ  # user nice system irq softirq steal
+        server = 0.0
+        for pid in process_tree(self.server_pid):
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except FileNotFoundError:
+                continue
+            server += sum(int(v) for v in stat[11:15]) / HZ  # utime stime cutime cstime
+        t = os.times()
+        return time.perf_counter(), busy, server, t.user + t.system + t.children_user + t.children_system
+
+    def cores(self) -> dict:
+        end = self.sample()
+        wall = end[0] - self.start[0]
+        busy, server, bench = (end[i] - self.start[i] for i in (1, 2, 3))
+        return {"machine_cores": round(busy / wall, 2), "server_cores": round(server / wall, 2),
+                "load_generator_cores": round(bench / wall, 2),
+                "other_cores": round(max(busy - server - bench, 0) / wall, 2), "server_cpu_s": server}
+
+
 def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
 
@@ -306,8 +340,14 @@ def main(argv: list[str] | None = None) -> int:
                     "start_s": round(start_s, 2)}
     try:
         lookups(port, job.name, users, 2.0, a.connections, tool)  # warm up (page cache, connections)
+        meter = CpuMeter(server.pid)
         result["lookups"] = lookups(port, job.name, users, a.seconds, a.connections, tool)
+        result["lookups"]["cpu"] = cpu = meter.cores()
+        result["lookups"]["server_cpu_us_per_lookup"] = round(cpu.pop("server_cpu_s") / result["lookups"]["requests"] * 1e6, 1)
+        meter = CpuMeter(server.pid)
         result["foldin"] = foldins(port, job.name, histories, a.foldins)
+        result["foldin"]["cpu"] = meter.cores()
+        result["foldin"]["cpu"].pop("server_cpu_s")
         tree = process_tree(server.pid)
         mem = [memory_kb(pid) for pid in tree]
         disk = folder_bytes(job.partition("u2i", date)) + folder_bytes(job.partition(ITEM_SIDE, date))
@@ -368,9 +408,12 @@ def report(r: dict) -> str:
         f"recall serve, size {r['size']}: {r['workers']} workers, {r['connections']} connections, load by {r['tool']}; "
         f"started and loaded in {r['start_s']:.1f}s",
         f"u2i lookups (k=100): {lk['per_s']:,.0f}/s over {lk['seconds']:.1f}s, p50 {lk['p50_ms']:.3f} ms, "
-        f"p99 {lk['p99_ms']:.3f} ms, {lk['failed']} failed",
+        f"p99 {lk['p99_ms']:.3f} ms, {lk['failed']} failed; server CPU {lk['server_cpu_us_per_lookup']} us a lookup; "
+        f"cores busy: server {lk['cpu']['server_cores']}, load generator {lk['cpu']['load_generator_cores']}, "
+        f"other processes {lk['cpu']['other_cores']} (of {os.cpu_count()})",
         f"fold-in (POST, {fo['count']} histories one at a time, {fo['mean_rows']:.0f} rows each): "
-        f"p50 {fo['p50_ms']:.2f} ms, p99 {fo['p99_ms']:.2f} ms, {fo['failed']} failed",
+        f"p50 {fo['p50_ms']:.2f} ms, p99 {fo['p99_ms']:.2f} ms, {fo['failed']} failed; "
+        f"other processes used {fo['cpu']['other_cores']} cores meanwhile",
         f"memory: {mem['processes']} processes, RSS {mem['rss_mb']:.0f} MB in all (largest {mem['largest_rss_mb']:.0f} MB), "
         f"PSS {mem['pss_mb']:.0f} MB; u2i + item side on disk {mem['u2i_plus_item_side_on_disk_mb']:.0f} MB "
         f"(PSS {mem['pss_ratio']:.2f}x)",
