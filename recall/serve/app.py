@@ -172,8 +172,7 @@ class App:
 
     def popular(self, snap: Snapshot, query: bytes) -> bytes:
         k = parse_k(query, len(snap.popular_item))
-        rows = [{"item_id": row["item_id"], "score": row["score"], "rank": row["rank"]} for row in popular_rows(snap, k)]
-        return answer(snap, {}, rows)
+        return answer(snap, {}, popular_rows(snap, k, flagged=False))
 
     def foldin(self, snap: Snapshot, body: bytes, query: bytes) -> bytes:
         try:
@@ -305,11 +304,16 @@ async def read_body(scope, receive) -> bytes:
 # --- rendering ---------------------------------------------------------------------------
 
 
-def popular_rows(snap: Snapshot, k: int) -> list[dict]:
+def popular_rows(snap: Snapshot, k: int, flagged: bool = True) -> list[dict]:
+    """The popular table's first k rows; as a u2i fallback (`flagged`) with source "popular"."""
     k = min(k, len(snap.popular_item))
-    ids, popular = snap.item_values, SOURCE_NAMES.index("popular")
-    return [{"item_id": ids[i], "score": s, "rank": r, "source": SOURCE_NAMES[popular]}
+    ids = snap.item_values
+    rows = [{"item_id": ids[i], "score": s, "rank": r}
             for r, (i, s) in enumerate(zip(snap.popular_item[:k].tolist(), snap.popular_score[:k].tolist()), 1)]
+    if flagged:
+        for row in rows:
+            row["source"] = "popular"
+    return rows
 
 
 def answer(snap: Snapshot, fields: dict, rows: list[dict]) -> bytes:

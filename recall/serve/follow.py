@@ -52,6 +52,14 @@ class Follower:
         self._seen[job] = (st.st_mtime_ns, st.st_size)
         return fresh
 
+    def skip(self, job: str) -> None:
+        """Take the job's current state file as seen (it failed to open: wait for the next one)."""
+        try:
+            st = state_file(self.instance, job).stat()
+            self._seen[job] = (st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            pass
+
     def follow_once(self) -> None:
         """Synchronously (tests, the single-process start)."""
         for job in self.changed():
@@ -64,8 +72,9 @@ class Follower:
             for job in self.changed():
                 try:
                     fresh = await asyncio.to_thread(self.refresh, job)
-                except Exception as exc:  # noqa: BLE001 - keep serving the old run; retried next look
-                    logger.warning(f"serve {job}: could not open the announced run: {exc}")
+                except Exception as exc:  # noqa: BLE001 - keep serving the old run until the next announcement
+                    logger.warning(f"serve {job}: could not open the announced run, still serving the one before: {exc}")
+                    self.skip(job)
                     continue
                 if fresh is not None:
                     self.snapshots[job] = fresh  # the swap: requests that began keep their own
