@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from recall.kernel.state import ItemSide
+from recall.kernel.state import ItemIndex, ItemSide
 from recall.sources import CODE
 from recall.store import item_side
 from recall.store.item_side import PublishedSide
@@ -97,6 +97,9 @@ def save_side(folder: Path, side: ItemSide) -> dict:
         np.save(folder / "side.factors.npy", side.factors)
     parts = {}
     for name, part in side.parts.items():
+        if factors_order(part, side):
+            parts[name] = {"kind": "ItemIndex", "scalars": {}, "factors_order": True}
+            continue
         scalars = {}
         for field in dataclasses.fields(part):
             value = getattr(part, field.name)
@@ -106,6 +109,14 @@ def save_side(folder: Path, side: ItemSide) -> dict:
                 scalars[field.name] = value
         parts[name] = {"kind": type(part).__name__, "scalars": scalars}
     return {"factors": side.factors is not None, "parts": parts}
+
+
+def factors_order(part, side: ItemSide) -> bool:
+    """An exact index over every item can be served in item order, over the factors themselves:
+    exact top-k does not depend on the order items are scored in (a one-user search scores them
+    all in one block), and the factors are then mapped once, not twice."""
+    return (isinstance(part, ItemIndex) and not part.approx and side.factors is not None
+            and part.size == side.n_items and bool(side.allowed.all()))
 
 
 def keyed(folder: Path, run_id: str, out: Path, key: str, item: str, item_ids: pa.Array,

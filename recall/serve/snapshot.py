@@ -156,12 +156,15 @@ class Snapshot:
 
 def open_side(folder: Path, layout: dict) -> ItemSide:
     """The item side from its arrays (recall.serve.build.save_side)."""
+    factors = mapped(folder / "side.factors.npy") if layout["factors"] else None
     parts = {}
     for name, entry in layout["parts"].items():
+        if entry.get("factors_order"):  # recall.serve.build.factors_order
+            parts[name] = ItemIndex(np.arange(len(factors), dtype=np.int64), factors)
+            continue
         cls = PARTS[entry["kind"]]
         arrays = {f: mapped(folder / f"side.{name}.{f}.npy") for f in cls.__dataclass_fields__
                   if (folder / f"side.{name}.{f}.npy").exists()}
         parts[name] = cls(**arrays, **entry["scalars"])
     popular = Ranking(mapped(folder / "side.popular.items.npy"), mapped(folder / "side.popular.scores.npy"))
-    factors = mapped(folder / "side.factors.npy") if layout["factors"] else None
     return ItemSide(mapped(folder / "side.allowed.npy"), popular, parts, factors)
