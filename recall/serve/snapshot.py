@@ -24,7 +24,7 @@ PARTS = {"Ranking": Ranking, "Neighbours": Neighbours, "ItemIndex": ItemIndex}
 
 def mapped(path: Path) -> np.ndarray:
     """A read-only memory map of a .npy file, as a plain ndarray view (slices stay cheap)."""
-    return np.load(path, mmap_mode="r").view(np.ndarray)
+    return np.load(path, mmap_mode="r", allow_pickle=False).view(np.ndarray)
 
 
 def mapped_ids(path: Path) -> pa.Array:
