@@ -1,7 +1,7 @@
 """The model's item side as a published partition, `<job>/item_side/dt=D/`: what a server (or
 any reader) needs to answer for a user the u2i table does not hold, without the training run.
 
-Named Parquet files (no pickle; pyarrow, DuckDB, Spark and pandas open them as they are) and one
+Named Parquet files (pyarrow, DuckDB, Spark and pandas open them as they are; nothing Python-only) and one
 JSON file. Item indices (`item_index`, `neighbour_index`) are rows of `items.parquet`:
 
     items.parquet           item_index, item_id (the input's type), allowed, weight_sum (the
