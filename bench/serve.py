@@ -355,7 +355,10 @@ def main(argv: list[str] | None = None) -> int:
                             "pss_mb": sum(m[1] for m in mem) / 1024, "largest_rss_mb": max(m[0] for m in mem) / 1024,
                             "u2i_plus_item_side_on_disk_mb": disk / 2 ** 20}
         result["memory"]["pss_ratio"] = result["memory"]["pss_mb"] / result["memory"]["u2i_plus_item_side_on_disk_mb"]
-        result["reloads"] = reloads_under_load(port, job, date, users, a, tool)
+        served = get_json(f"http://127.0.0.1:{port}/healthz")["jobs"][job.name]["run_id"]
+        result["memory"]["built_run_mb"] = folder_bytes(root / "data" / "serve" / job.name / served) / 2 ** 20
+        if a.reloads:
+            result["reloads"] = reloads_under_load(port, job, date, users, a, tool)
     finally:
         err = stop_server(server)
     load_lines = [line for line in err.splitlines() if "loaded" in line]
@@ -410,7 +413,7 @@ def reloads_under_load(port: int, job: JobDir, date: str, users: list, a, tool: 
 
 
 def report(r: dict) -> str:
-    lk, fo, mem, rl = r["lookups"], r["foldin"], r["memory"], r["reloads"]
+    lk, fo, mem, rl = r["lookups"], r["foldin"], r["memory"], r.get("reloads")
     return "\n".join([
         f"recall serve, size {r['size']}: {r['workers']} workers, {r['connections']} connections, load by {r['tool']}; "
         f"started and loaded in {r['start_s']:.1f}s",
@@ -423,11 +426,11 @@ def report(r: dict) -> str:
         f"other processes used {fo['cpu']['other_cores']} cores meanwhile",
         f"memory: {mem['processes']} processes, RSS {mem['rss_mb']:.0f} MB in all (largest {mem['largest_rss_mb']:.0f} MB), "
         f"PSS {mem['pss_mb']:.0f} MB; u2i + item side on disk {mem['u2i_plus_item_side_on_disk_mb']:.0f} MB "
-        f"(PSS {mem['pss_ratio']:.2f}x)",
+        f"(PSS {mem['pss_ratio']:.2f}x); the built run the workers map: {mem['built_run_mb']:.0f} MB",
         f"reloads under load: {rl['reloads']} runs published and served (publish to served: "
         f"{', '.join(map(str, rl['publish_to_served_s']))} s); lookups meanwhile {rl['per_s']:,.0f}/s, "
         f"p50 {rl['p50_ms']:.3f} ms (median of the windows), p99 {rl['p99_ms']:.3f} ms (worst window), "
-        f"{rl['failed']} failed of {rl['requests']:,}",
+        f"{rl['failed']} failed of {rl['requests']:,}" if rl else "reloads: none asked for",
     ])
 
 
