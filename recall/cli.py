@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import sys
 from pathlib import Path
@@ -26,7 +27,7 @@ from recall.runtime import job_threads
 from recall.samples import datasets
 from recall.samples.synth import SynthSpec, generate
 from recall.spec.sections import JobSpec
-from recall.store.layout import job_dir
+from recall.store.layout import TABLES, job_dir
 from recall.store.reader import read_table
 
 DESCRIPTION = """\
@@ -183,7 +184,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"holdout recall@{manifest.metrics.k}: merged {manifest.metrics.merged.recall:.4f}, "
               f"popular baseline {manifest.metrics.popular_baseline.recall:.4f}")
     with pd.option_context("display.width", 120, "display.max_columns", 10):
-        for table in manifest.tables if manifest else {}:
+        for table in [t for t in TABLES if t in manifest.tables] if manifest else []:
             frame = read_table(spec.name, table, date.isoformat(), output=out.root.parent)
             print(f"\n{table}: {len(frame):,} rows in {out.partition(table, date.isoformat())}")
             print(frame.head(5).to_string(index=False))
@@ -215,6 +216,34 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_cron(args: argparse.Namespace) -> int:
     root = project_root(args)
     return schedule.command(args.action, root, args.tabfile)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    root = project_root(args)
+    names = args.jobs or sorted(p.stem for p in (root / "jobs").glob("*.toml"))
+    if not names:
+        raise SpecError(f"no job to serve: name one, or put specs in {root / 'jobs'}")
+    jobs = {}
+    for name in names:
+        spec = load(args, name)[0]
+        jobs[spec.name] = job_dir(spec, root)
+    if not 1 <= args.workers <= 64:
+        raise SpecError(f"--workers must be from 1 to 64, got {args.workers}")
+    if args.poll <= 0:
+        raise SpecError(f"--poll must be positive, got {args.poll}")
+    try:
+        import orjson  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise SpecError(f"recall serve needs its extra: {exc}", hint="pip install 'recall[serve]'") from None
+    cache = Path(args.cache).resolve() if args.cache else root / "data" / "serve"
+    settings = {"root": str(root), "jobs": {name: str(job.root) for name, job in jobs.items()}, "host": args.host,
+                "port": args.port, "workers": args.workers, "cache": str(cache), "poll": args.poll}
+    # the server runs as `python -m recall.serve.main` in this same process (same pid): it and its
+    # workers import only what serving needs, not the training stack the command line loads
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "recall.serve.main", json.dumps(settings)])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -304,6 +333,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*", metavar="NAME", help="movielens, movietweetings, lastfm (default: all)")
     p.add_argument("--source", metavar="DIR", help="the datasets folder (default: $RECALL_DATASETS or ../shared/datasets)")
     p.set_defaults(func=cmd_datasets)
+
+    p = sub.add_parser("serve", help="HTTP/JSON lookups of the latest published tables, with fold-in",
+                       description="Serve the newest published run of each JOB (default: every spec in jobs/) "
+                                   "over HTTP: u2i, i2i, popular, fold-in of new users, /healthz, /metrics. "
+                                   "A newly published run is loaded in the background and swapped in.")
+    p.add_argument("jobs", metavar="JOB", nargs="*", help="job specs (default: every spec in jobs/)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1; about one per core)")
+    p.add_argument("--cache", metavar="DIR", help="where loaded runs are built (default: data/serve)")
+    p.add_argument("--poll", type=float, default=1.0, metavar="SECONDS",
+                   help="how often _LATEST and the manifests are looked at for a new run (default 1)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="generate data for jobs/example.toml, run it, show the tables",
                        description="The first thing to try: runs the example job end to end.")

@@ -18,7 +18,7 @@ LAYERS = [
     {"engines"},
     {"jobs"},
     {"ops"},
-    {"run"},
+    {"run", "serve"},
     {"cli"},
     {"__main__", "__init__"},  # `python -m recall`, and the package facade (read_table)
 ]

@@ -52,6 +52,22 @@ def test_exact_search_equals_brute_force_with_ties_and_exclusions(monkeypatch, t
     np.testing.assert_array_equal(got_scores, want_scores.astype(np.float32))
 
 
+@pytest.mark.parametrize("queries", [1, 5])
+def test_exact_search_of_a_few_queries_in_one_wide_block(monkeypatch, queries):
+    """A fold-in searches one user: the block widens to the whole catalogue, same answer."""
+    monkeypatch.setattr(search, "TILE_QUERIES", 37)
+    monkeypatch.setattr(search, "TILE_ITEMS", 64)
+    rng = np.random.default_rng(queries)
+    vectors, q = integer_vectors(rng, 2000, 6), integer_vectors(rng, queries, 6)
+    exclude = sp.random(queries, 2000, density=0.05, random_state=5, format="csr")
+    exclude.data[:] = 1
+    exclude.sort_indices()
+    got, got_scores = search_index(index.exact_index(vectors, np.arange(2000)), q, 50, exclude=exclude)
+    want, want_scores = brute_force(q, vectors, np.arange(2000), 50, exclude)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got_scores, want_scores.astype(np.float32))
+
+
 def test_exact_search_over_a_subset_short_rows_and_unknown_exclusions():
     rng = np.random.default_rng(5)
     all_vectors = rng.standard_normal((50, 4)).astype(np.float32)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import scipy.sparse as sp
 from tqdm import tqdm
 
 from recall.engines.base import Engine
@@ -19,6 +20,7 @@ from recall.evaluate.split import blocked_of, holdout_split
 from recall.ingest.prepare import InputStats, Prepared, prepare
 from recall.ingest.window import Window
 from recall.kernel.blend import Blend
+from recall.kernel.foldin import FoldSettings
 from recall.kernel.state import ItemSide, Neighbours, UserSide
 from recall.model.als import train_als
 from recall.model.itemknn import cosine_neighbours
@@ -27,7 +29,10 @@ from recall.model.popularity import popularity, recent_items
 from recall.sources import NAMES, SOURCES, FitContext
 from recall.sources.recommend import contract_violation, merge, source_lists
 from recall.spec.sections import JobSpec
+from recall.store import item_side
 from recall.store.commit import Publication
+from recall.store.item_side import PublishedSide
+from recall.store.layout import ITEM_SIDE
 from recall.store.tables import TableWriter, i2i_rows, i2i_schema, popular_rows, popular_schema, u2i_rows, u2i_schema
 from recall.timer import Timer
 
@@ -43,6 +48,7 @@ class Model:
     i2i: Neighbours | None  # the i2i table's neighbours
     search: dict  # facts for the manifest: the als source's search mode and its recall check
     context: FitContext  # what the parts were built from (tuning rebuilds parts with other options)
+    weight_sum: np.ndarray  # float32 per item: summed weights the confidence saw (bm25's item statistic)
 
 
 def fit_model(inter: Interactions, spec: JobSpec, end_us: int, blocked: np.ndarray, sources: tuple[str, ...],
@@ -56,11 +62,11 @@ def fit_model(inter: Interactions, spec: JobSpec, end_us: int, blocked: np.ndarr
     with timer.step("popular"):
         popular = popularity(inter, allowed, end_us, spec.recall.popular.days, 0.0)
     factors = None
+    weights = decayed(inter.weight, inter.ts, end_us, spec.model.half_life_days)
+    weighted = counts if weights is inter.weight else to_csr(inter, weights)
     if i2i_k or any(SOURCES[name].needs_factors(spec) for name in sources):
         with timer.step("als_fit"):
-            weights = decayed(inter.weight, inter.ts, end_us, spec.model.half_life_days)
-            r = confidence(counts if weights is inter.weight else to_csr(inter, weights), spec.model)
-            factors = train_als(r, spec.model, threads, show_progress=progress)
+            factors = train_als(confidence(weighted, spec.model), spec.model, threads, show_progress=progress)
     ctx = FitContext(inter, counts, seen, allowed, end_us, spec, threads, factors)
     parts, search = {}, {}
     for name in sources:
@@ -76,7 +82,7 @@ def fit_model(inter: Interactions, spec: JobSpec, end_us: int, blocked: np.ndarr
             i2i = cosine_neighbours(factors.items, allowed, i2i_k, threads)
     side = ItemSide(allowed, popular, parts, None if factors is None else factors.items)
     users = UserSide(seen, None if factors is None else factors.users, recent)
-    return Model(inter.users, inter.items, side, users, i2i, search, ctx)
+    return Model(inter.users, inter.items, side, users, i2i, search, ctx, item_weight_sums(weighted))
 
 
 def fit_holdout(data: Prepared, spec: JobSpec, sources: tuple[str, ...], threads: int,
@@ -126,7 +132,25 @@ class LocalEngine(Engine):
                 write_i2i(model, self.spec, publication)
         with timer.step("popular"):
             write_popular(model, self.spec, publication)
+        with timer.step("item_side"):
+            item_side.write(publication.folder(ITEM_SIDE), published_side(model, how, self.spec, publication),
+                            self.spec.name, self.spec.output.compression)
         return model.search
+
+
+def published_side(model: Model, how: Blend, spec: JobSpec, publication: Publication) -> PublishedSide:
+    """What the run publishes of its model for serving and fold-in (recall.store.item_side)."""
+    m = spec.model
+    fold = None if model.side.factors is None else FoldSettings(
+        model.side.factors.shape[1], m.regularization, m.alpha, m.weighting, m.bm25_k1, m.bm25_b)
+    depth = max((SOURCES[name].recent_depth(spec) for name in how.sources), default=0)
+    return PublishedSide(model.items_map.values, model.side, how, spec.recall.u2i.k, depth, fold, model.weight_sum,
+                         publication.run_id, publication.date)
+
+
+def item_weight_sums(weighted: sp.csr_matrix) -> np.ndarray:
+    """Per item, the summed weight over users, as implicit's bm25_weight sums an item's row."""
+    return np.ravel(weighted.T.tocoo().sum(axis=1)).astype(np.float32)
 
 
 def table_writer(spec: JobSpec, publication: Publication, table: str, schema: pa.Schema) -> TableWriter:

@@ -33,7 +33,7 @@ import numpy as np
 import scipy.sparse as sp
 from implicit.nearest_neighbours import bm25_weight, normalize
 from numba import njit, prange
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 
 def _jit(**options):
@@ -863,11 +863,23 @@ def ivf_top_k_keys_parallel(queries, probes, offsets, vectors, item_idx, k, ex_i
 # --- thread drivers ------------------------------------------------------------------------------
 
 
+_controller: ThreadpoolController | None = None
+
+
+def single_threaded_blas():
+    """BLAS pinned to one thread. The libraries are looked up once per process (a lookup reads
+    /proc/self/maps: ~3 ms, more than a whole one-user search), then only their limits change."""
+    global _controller
+    if _controller is None:
+        _controller = ThreadpoolController()
+    return _controller.limit(limits=1, user_api="blas")
+
+
 def in_chunks(n: int, chunk: int, threads: int, run) -> None:
     """Call run(start, stop) over [0, n) in chunks, on `threads` threads (the kernels release the
     GIL), BLAS pinned to one thread so the threads do not oversubscribe the cores."""
     starts = range(0, n, max(1, chunk))
-    with threadpool_limits(limits=1, user_api="blas"):
+    with single_threaded_blas():
         if threads <= 1 or n <= chunk:
             for s in starts:
                 run(s, min(s + chunk, n))

@@ -65,3 +65,20 @@ def remove_sink(sink_id: int) -> None:
             logger.remove(sink_id)
         except (ValueError, OSError):  # OSError: the last flush hit a full disk; the run's outcome stands
             pass
+
+
+def add_serve_log(root: Path) -> None:
+    """`recall serve`: loads, reloads and failures to logs/serve.log (rotated like a job's log,
+    default settings) and to stderr (systemd's journal), whatever the terminal."""
+    spec = LogSection()
+    logger.remove()
+    logger.configure(extra={"job": "serve", "date": "-", "run_id": "-"})
+    logger.add(sys.stderr, level="INFO", format=CONSOLE_FORMAT, colorize=interactive(),
+               filter=lambda r: r["extra"].get("console", True))
+    folder = root / spec.dir
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        logger.add(folder / "serve.log", level="INFO", format=FILE_FORMAT, rotation=spec.rotation,
+                   retention=spec.retention, compression=spec.compression, encoding="utf-8", catch=True)
+    except OSError as exc:
+        logger.warning(f"cannot write {folder / 'serve.log'}: {exc.strerror}; logging to stderr only")

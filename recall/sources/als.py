@@ -11,12 +11,13 @@ from recall.kernel.keys import dense_keys, in_keys
 from recall.kernel.rows import pad_to
 from recall.kernel.search import search
 from recall.kernel.state import ItemIndex, ItemSide, UserBatch
-from recall.model.index import approx_index, exact_index
 from recall.sources.base import FitContext, Lists, Source
 from recall.spec.sections import JobSpec, U2ISection
 
 
 def build(ctx: FitContext) -> tuple[ItemIndex, dict]:
+    from recall.model.index import approx_index, exact_index  # FAISS: for building only
+
     u2i = ctx.spec.recall.u2i
     allowed_idx = np.flatnonzero(ctx.allowed)
     vectors = ctx.factors.items[allowed_idx]
@@ -48,6 +49,8 @@ def approx_recall(index: ItemIndex, ctx: FitContext, u2i: U2ISection) -> dict:
     n_users = ctx.seen.shape[0]
     rng = np.random.default_rng(ctx.spec.model.random_state)
     users = np.sort(rng.choice(n_users, min(u2i.approx_check_users, n_users), replace=False))
+    from recall.model.index import exact_index
+
     exact = exact_index(index.vectors, index.item_idx)
     vectors, seen = ctx.factors.users[users], ctx.seen[users]
     want, _ = search(exact, vectors, u2i.k, exclude=seen, threads=ctx.threads)

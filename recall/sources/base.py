@@ -5,29 +5,31 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
 
 from recall.kernel.state import ItemSide, UserBatch
-from recall.model.als import Factors
-from recall.model.matrix import Interactions
 from recall.spec.sections import JobSpec
+
+if TYPE_CHECKING:  # the builders' types; a server answering with the kernels never loads them
+    from recall.model.als import Factors
+    from recall.model.matrix import Interactions
 
 
 @dataclass(frozen=True)
 class FitContext:
     """What building a source's item-side part may use: the window as the local engine holds it."""
 
-    inter: Interactions
+    inter: "Interactions"
     counts: sp.csr_matrix  # users x items, summed weights (before the model's weighting)
     seen: sp.csr_matrix  # users x items, binary
     allowed: np.ndarray  # bool per item
     end_us: int  # "now" for time decay and recency
     spec: JobSpec
     threads: int
-    factors: Factors | None  # ALS, trained when some source or table needs it
+    factors: "Factors | None"  # ALS, trained when some source or table needs it
 
 
 Lists = tuple[np.ndarray, np.ndarray]  # B x W items (int64, -1 pads) and scores (float32)

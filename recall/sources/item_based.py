@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from recall.kernel.compiled import item_based
 from recall.kernel.state import ItemSide, Neighbours, UserBatch
-from recall.model.itemknn import cooccurrence_neighbours, cosine_neighbours
 from recall.sources.base import FitContext, Lists, Source
 from recall.spec.sections import JobSpec
 
 
 def build(ctx: FitContext) -> tuple[Neighbours, dict]:
+    from recall.model.itemknn import cooccurrence_neighbours, cosine_neighbours  # implicit: for building only
+
     options = ctx.spec.recall.item_based
     if options.similarity == "als":
         return cosine_neighbours(ctx.factors.items, ctx.allowed, options.neighbours, ctx.threads), {}

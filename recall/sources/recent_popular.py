@@ -6,11 +6,12 @@ import numpy as np
 
 from recall.kernel.rows import from_ranking
 from recall.kernel.state import ItemSide, Ranking, UserBatch
-from recall.model.popularity import popularity
 from recall.sources.base import FitContext, Lists, Source
 
 
 def build(ctx: FitContext) -> tuple[Ranking, dict]:
+    from recall.model.popularity import popularity  # pandas: for building only
+
     options = ctx.spec.recall.recent_popular
     return popularity(ctx.inter, ctx.allowed, ctx.end_us, options.days, options.half_life_days), {}
 

@@ -25,8 +25,8 @@ import pyarrow.parquet as pq
 from loguru import logger
 
 from recall.errors import OutputError
-from recall.store.atomic import exchange, fsync_dir, read_json, write_atomic
-from recall.store.layout import JOURNAL, MANIFESTS, STAGING, SUCCESS, JobDir, data_files, next_part, part_name
+from recall.store.atomic import exchange, fsync_dir, fsync_file, read_json, write_atomic
+from recall.store.layout import JOURNAL, MANIFESTS, NAMED, STAGING, SUCCESS, JobDir, data_files, next_part, part_name
 from recall.store.records import Manifest, Marker, to_json
 from recall.store.state import is_published, latest, manifest_dates
 from recall.testpoint import pause_point
@@ -48,8 +48,9 @@ class Publication:
         return folder
 
     def seal(self, table: str) -> Marker:
-        """Number the staged files after the partition they replace and write our _SUCCESS."""
-        return seal(self.folder(table), self.job.partition(table, self.date), self.run_id)
+        """Number the staged files after the partition they replace (the item side keeps its
+        names) and write our _SUCCESS."""
+        return seal(self.folder(table), self.job.partition(table, self.date), self.run_id, keep_names=table in NAMED)
 
     def publish(self, manifest: Manifest, keep_days: int, timer: Timer | None = None) -> tuple[str, list[str]]:
         """Publish every table of `manifest` (sealed), then the manifest, `_LATEST`, retention.
@@ -80,15 +81,23 @@ class Publication:
             raise
 
 
-def seal(staged: Path, final: Path, run_id: str) -> Marker:
+def seal(staged: Path, final: Path, run_id: str, keep_names: bool = False) -> Marker:
     """Rename a staged partition's data files into part-NNNNN order after `final`'s, drop other
-    writers' markers and hidden files, and write our _SUCCESS listing exactly the files."""
+    writers' markers and hidden files, and write our _SUCCESS listing exactly the files.
+
+    With `keep_names` every file keeps its name (a format of named files, like the item side:
+    Parquet files count their rows, other files 0); readers then open the partition through one
+    directory handle and check the run id, since a rerun reuses the names."""
     for other in staged.iterdir():
         if other.is_file() and (other.name.startswith((".", "_")) or other.suffix == ".crc"):
             other.unlink()  # Hadoop's empty _SUCCESS, Spark's .crc checksums, our old marker
-    first = next_part(final)
     files: dict[str, int] = {}
-    for number, path in enumerate(data_files(staged), start=first):
+    if keep_names:
+        for path in data_files(staged, any_kind=True):
+            files[path.name] = pq.ParquetFile(path).metadata.num_rows if path.suffix == ".parquet" else 0
+            fsync_file(path)
+    first = next_part(final)
+    for number, path in enumerate([] if keep_names else data_files(staged), start=first):
         name = part_name(number)
         rows = pq.ParquetFile(path).metadata.num_rows
         if path.name != name:

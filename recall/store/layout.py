@@ -1,6 +1,7 @@
 """Where things are under <output.path>/<job>/ (README, "The tables"):
 
     <table>/dt=D/part-NNNNN.parquet, <table>/dt=D/_SUCCESS   published partitions
+    item_side/dt=D/<name>.parquet, settings.json             the model's item side (names kept)
     _manifest/dt=D.json                                      one manifest per published date
     _LATEST                                                  newest fully published date
     _staging/<run_id>/<table>/dt=D/                          a run's work in progress
@@ -24,6 +25,8 @@ HISTORY = "_history.jsonl"
 LOCK = "_lock"
 TUNED = "_tuned.json"
 TABLES = ("u2i", "i2i", "popular")  # the tables a run may publish (readers refuse other names)
+ITEM_SIDE = "item_side"  # the model's item side, published with the tables (recall.store.item_side)
+NAMED = (ITEM_SIDE,)  # partitions whose files keep their own names when sealed
 PART_RE = re.compile(r"^part-(\d{5,})\.parquet$")
 
 
@@ -89,8 +92,8 @@ def next_part(final: Path) -> int:
     return max(numbers) + 1 if numbers else 0
 
 
-def data_files(folder: Path) -> list[Path]:
+def data_files(folder: Path, any_kind: bool = False) -> list[Path]:
     """A partition's data files as any writer names them (ours, Spark's part-00000-<uuid>...),
-    leaving out markers and hidden files (`_SUCCESS`, `.crc`)."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix == ".parquet"
+    leaving out markers and hidden files (`_SUCCESS`, `.crc`); Parquet only unless `any_kind`."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and (any_kind or p.suffix == ".parquet")
                   and not p.name.startswith(("_", ".")))

@@ -1,0 +1,261 @@
+"""A published run as a folder of arrays the server memory-maps: built once by the loader, shared
+by every worker through the page cache, never written again (a new run gets a new folder).
+
+    meta.json                 job, date, run_id, the item side's settings, the parts' kinds
+    item_ids.arrow            the item ids (Arrow IPC, the table's type); row i is item index i
+    <table>.keys.npy|.arrow   the sorted keys of u2i (user ids) and i2i (item ids)
+    <table>.start.npy         int64, key i's rows are start[i]:start[i + 1]
+    <table>.item.npy          item index of each row, in rank order (uint16 up to 65,536 items, else int32)
+    <table>.score.npy         float32
+    u2i.source.npy            int8 source code (recall.sources.CODE)
+    popular.item|score.npy    the popular table's rows
+    side.<array>.npy          the item side's arrays (recall.kernel.state.ItemSide, by field)
+
+Rows are streamed a row group at a time into the arrays, so building a table costs memory for
+one row group, not for the table. Every file of the run is read through one handle on its
+partition and must carry the run id of the manifest, so a rerun swapping it meanwhile makes the
+build fail (and the loader try again), never mix two runs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from recall.kernel.state import ItemIndex, ItemSide
+from recall.serve.snapshot import BUILT, Snapshot
+from recall.sources import CODE
+from recall.store import item_side
+from recall.store.item_side import PublishedSide
+from recall.store.layout import ITEM_SIDE, SUCCESS, JobDir
+
+
+
+class StaleRun(Exception):
+    """A partition no longer holds the run being built (a rerun replaced it): build again."""
+
+
+def build(job: JobDir, date: str, run_id: str, target: Path) -> float:
+    """Build the arrays of `job`'s run `run_id` of `date` into `target` (created atomically:
+    a temporary folder renamed at the end). Returns the seconds it took; a target already built
+    is kept as it is."""
+    started = time.perf_counter()
+    if (target / BUILT).exists():
+        return 0.0
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        if not job.partition(ITEM_SIDE, date).is_dir():
+            raise ValueError(f"run {run_id} of {date} has no {ITEM_SIDE} (its engine or version does not publish "
+                             "one); rerun the date with this version")
+        published = item_side.load(job.partition(ITEM_SIDE, date))
+        if published.run_id != run_id:
+            raise StaleRun(f"{ITEM_SIDE} of {date} holds run {published.run_id}, not {run_id}")
+        item_ids = published.item_ids
+        write_ids(tmp / "item_ids.arrow", item_ids)
+        side = save_side(tmp, published.side)
+        np.save(tmp / "side.weight_sum.npy", published.weight_sum)
+        tables = {}
+        tables["u2i"] = keyed(job.partition("u2i", date), run_id, tmp / "u2i", "user_id", "item_id", item_ids,
+                              with_source=True)
+        i2i = job.partition("i2i", date)
+        if i2i.exists():
+            tables["i2i"] = keyed(i2i, run_id, tmp / "i2i", "item_id", "similar_item_id", item_ids)
+        popular = read_partition(job.partition("popular", date), run_id, ["item_id", "score"])
+        np.save(tmp / "popular.item.npy", item_index(popular["item_id"], item_ids).astype(np.int64))
+        np.save(tmp / "popular.score.npy", popular["score"].to_numpy().astype(np.float32))
+        meta = {"job": job.name, "date": date, "run_id": run_id, "settings": dict(published.settings),
+                "side": side, "tables": tables, "built_s": round(time.perf_counter() - started, 3)}
+        (tmp / BUILT).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / BUILT).exists():  # another server built it meanwhile: keep theirs
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return time.perf_counter() - started
+
+
+def save_side(folder: Path, side: ItemSide) -> dict:
+    """The item side's arrays, one .npy per field; returns how to put it together again."""
+    np.save(folder / "side.allowed.npy", side.allowed)
+    np.save(folder / "side.popular.items.npy", side.popular.items)
+    np.save(folder / "side.popular.scores.npy", side.popular.scores)
+    if side.factors is not None:
+        np.save(folder / "side.factors.npy", side.factors)
+    parts = {}
+    for name, part in side.parts.items():
+        if factors_order(part, side):
+            parts[name] = {"kind": "ItemIndex", "scalars": {}, "factors_order": True}
+            continue
+        scalars = {}
+        for field in dataclasses.fields(part):
+            value = getattr(part, field.name)
+            if isinstance(value, np.ndarray):
+                np.save(folder / f"side.{name}.{field.name}.npy", value)
+            else:
+                scalars[field.name] = value
+        parts[name] = {"kind": type(part).__name__, "scalars": scalars}
+    return {"factors": side.factors is not None, "parts": parts}
+
+
+def factors_order(part, side: ItemSide) -> bool:
+    """An exact index over every item can be served in item order, over the factors themselves:
+    exact top-k does not depend on the order items are scored in (a one-user search scores them
+    all in one block), and the factors are then mapped once, not twice."""
+    return (isinstance(part, ItemIndex) and not part.approx and side.factors is not None
+            and part.size == side.n_items and bool(side.allowed.all()))
+
+
+def keyed(folder: Path, run_id: str, out: Path, key: str, item: str, item_ids: pa.Array,
+          with_source: bool = False) -> dict:
+    """A table sorted by key then rank, as sorted keys, row offsets and per-row columns."""
+    fd, marker = open_partition(folder, run_id)
+    try:
+        total = int(marker["rows"])
+        items = np.lib.format.open_memmap(f"{out}.item.npy", "w+", index_type(len(item_ids)), (total,))
+        scores = np.lib.format.open_memmap(f"{out}.score.npy", "w+", np.float32, (total,))
+        sources = np.lib.format.open_memmap(f"{out}.source.npy", "w+", np.int8, (total,)) if with_source else None
+        keys, starts, done, last, key_type = [], [], 0, None, None
+        columns = [key, item, "score", "rank"] + (["source"] if with_source else [])
+        for batch in batches(fd, marker, columns):
+            n, ids = batch.num_rows, batch[key]
+            key_type = ids.type
+            new = np.ones(n, bool)
+            new[1:] = pc.not_equal(ids.slice(1), ids.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+            if last is not None:
+                new[0] = ids[0] != last
+            last = ids[n - 1]
+            first = np.flatnonzero(new) + done
+            # rank must be the row's place in its key's list: serving by position relies on it
+            known = np.concatenate([starts[-1][-1:] if starts else [], first]).astype(np.int64)
+            rows = np.arange(done, done + n)
+            owner = known[np.searchsorted(known, rows, side="right") - 1]
+            if not np.array_equal(batch["rank"].to_numpy(), rows - owner + 1):
+                raise ValueError(f"{folder}: rows are not sorted by {key} then rank")
+            keys.append(ids.take(pa.array(first - done)))
+            starts.append(first)
+            items[done:done + n] = item_index(batch[item], item_ids)
+            scores[done:done + n] = batch["score"].to_numpy()
+            if with_source:
+                sources[done:done + n] = source_codes(batch["source"])
+            done += n
+        if done != total:
+            raise ValueError(f"{folder}: read {done} rows, _SUCCESS says {total}")
+        for array in (items, scores, sources):
+            if array is not None:
+                array.flush()
+        all_keys = pa.concat_arrays(keys) if keys else pa.array([], key_type or pa.int64())
+        if len(all_keys) > 1 and not pc.all(pc.less(all_keys.slice(0, len(all_keys) - 1), all_keys.slice(1))).as_py():
+            raise ValueError(f"{folder}: {key} is not sorted")
+        write_keys(out, all_keys)
+        np.save(f"{out}.start.npy", np.append(np.concatenate(starts) if starts else [], total).astype(np.int64))
+        lengths = np.diff(np.append(np.concatenate(starts) if starts else [], total))
+        return {"rows": total, "keys": len(all_keys), "width": int(lengths.max()) if lengths.size else 0}
+    finally:
+        os.close(fd)
+
+
+def batches(fd: int, marker: dict, columns: list[str], size: int = 1 << 20):
+    """The partition's rows in record batches of at most `size`, through the folder handle `fd`."""
+    for name in marker["files"]:
+        handle = os.open(name, os.O_RDONLY, dir_fd=fd)
+        with os.fdopen(handle, "rb") as fh:
+            for batch in pq.ParquetFile(fh).iter_batches(batch_size=size, columns=columns):
+                if batch.num_rows:
+                    yield batch
+
+
+def read_partition(folder: Path, run_id: str, columns: list[str]) -> pa.Table:
+    fd, marker = open_partition(folder, run_id)
+    try:
+        return pa.Table.from_batches(list(batches(fd, marker, columns)))
+    finally:
+        os.close(fd)
+
+
+def open_partition(folder: Path, run_id: str) -> tuple[int, dict]:
+    """A handle on the partition folder and its _SUCCESS, which must be of run `run_id`."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        handle = os.open(SUCCESS, os.O_RDONLY, dir_fd=fd)
+        with os.fdopen(handle, "rb") as fh:
+            marker = json.loads(fh.read())
+        if marker.get("run_id") != run_id:
+            raise StaleRun(f"{folder} holds run {marker.get('run_id')}, not {run_id}")
+        return fd, marker
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def index_type(n_items: int) -> np.dtype:
+    """The narrowest type for item indices: 2 bytes a row instead of 4 for most catalogues."""
+    return np.dtype(np.uint16 if n_items <= np.iinfo(np.uint16).max + 1 else np.int32)
+
+
+def item_index(ids: pa.Array | pa.ChunkedArray, item_ids: pa.Array) -> np.ndarray:
+    """Each id's row in the item side (every id of a run's tables is one of its items)."""
+    found = pc.index_in(ids, value_set=item_ids)
+    if found.null_count:
+        raise ValueError(f"{found.null_count} item ids of the table are not in the item side")
+    return found.to_numpy(zero_copy_only=False).astype(np.int32)
+
+
+def source_codes(names: pa.Array) -> np.ndarray:
+    """Source names as the kernel's codes."""
+    table = pa.array(list(CODE), pa.string())
+    codes = pc.index_in(names.cast(pa.string()), value_set=table)
+    if codes.null_count:
+        raise ValueError("a u2i row has a source this version does not know")
+    known = np.array(list(CODE.values()), np.int8)
+    return known[codes.to_numpy(zero_copy_only=False)]
+
+
+def write_keys(out: Path, keys: pa.Array) -> None:
+    """Integer keys as .npy (searched with numpy), others as Arrow IPC (searched by bisection)."""
+    if pa.types.is_integer(keys.type):
+        np.save(f"{out}.keys.npy", keys.to_numpy(zero_copy_only=False).astype(np.int64))
+    else:
+        write_ids(Path(f"{out}.keys.arrow"), keys.cast(pa.large_string()) if pa.types.is_string(keys.type) else keys)
+
+
+def write_ids(path: Path, ids: pa.Array) -> None:
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, pa.schema([("id", ids.type)])) as writer:
+        writer.write_table(pa.table({"id": ids}))
+
+
+def main(argv: list[str]) -> int:
+    """`python -m recall.serve.build JOB_FOLDER DATE RUN_ID TARGET` (what the loader runs): build,
+    then open the result as every worker will, so a broken run fails here and not there. Exit 0,
+    75 when a rerun replaced the run meanwhile, 1 with the reason on the last stderr line."""
+    job, date, run_id, target = JobDir(Path(argv[0])), argv[1], argv[2], Path(argv[3])
+    try:
+        seconds = build(job, date, run_id, target)
+        Snapshot.open(target)
+    except StaleRun as exc:
+        print(exc, file=sys.stderr)
+        return 75
+    except Exception as exc:  # noqa: BLE001 - the loader reports it and keeps the old run
+        traceback.print_exc()
+        shutil.rmtree(target, ignore_errors=True)
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({"seconds": round(seconds, 3)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
