@@ -17,12 +17,13 @@ from loguru import logger
 
 from recall import engines
 from recall.engines.base import Engine
-from recall.errors import EXIT_BUG, RecallError
+from recall.errors import EXIT_BUG, Interrupted, RecallError
 from recall.evaluate.backtest import score_served
 from recall.evaluate.gate import enforce_gate, gate_checks
 from recall.evaluate.holdout import holdout_metrics
 from recall.ingest.window import Window
 from recall.kernel.blend import Blend
+from recall.ops import monitor
 from recall.ops.lock import job_lock
 from recall.ops.logs import add_job_file, remove_sink
 from recall.runtime import job_threads
@@ -33,6 +34,7 @@ from recall.store.commit import Publication, clear_staging, output_error, settle
 from recall.store.layout import TABLES, JobDir, job_dir
 from recall.store.reader import read_arrow
 from recall.store.records import Holdout, Manifest, Marker, RunRecord, TableInfo
+from recall.store.repair import check_links, repair
 from recall.store.state import is_published, previous_published, read_manifest
 from recall.timer import Timer
 from recall.versions import code_version, library_versions
@@ -62,37 +64,61 @@ def new_run_id() -> str:
 
 
 def run_job(spec: JobSpec, opts: RunOptions) -> RunResult:
-    """Lock the job, log to its file, run the date, record it in the job's history."""
+    """Lock the job, log to its file, run the date, record it in the job's history and its
+    monitoring textfile; then, the lock released, run the spec's on_success / on_failure command."""
     job = job_dir(spec, opts.root)
     run_id = new_run_id()
-    with job_lock(job.lock_file, spec.name):  # a loser stops here: no log, no history
-        sink = -1
-        started = time.time()
-        outcome: dict = {"status": "failed", "exit_code": EXIT_BUG}
-        try:
-            with logger.contextualize(job=spec.name, date=opts.date.isoformat(), run_id=run_id):
-                try:
-                    sink = add_job_file(spec.log, spec.name, opts.root)
-                    result = run_date(spec, opts, job, run_id)
-                    outcome = {"status": result.status, "exit_code": 0,
-                               "rows": result.manifest.rows if result.manifest else {}}
-                    return result
-                except RecallError as exc:
-                    outcome = {"status": "failed", "exit_code": exc.exit_code, "error": exc.line()}
-                    logger.bind(console=False).error(f"run failed (exit {exc.exit_code}): {exc.line()}")
-                    raise
-                except BaseException as exc:
-                    outcome["error"] = f"{type(exc).__name__}: {exc}"
-                    logger.bind(console=False).opt(exception=exc).error("run failed with an internal error")
-                    raise
-                finally:
-                    clear_staging(job)
-                    history.append(job, RunRecord(
-                        date=opts.date.isoformat(), run_id=run_id, forced=opts.force,
-                        started=dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(timespec="seconds"),
-                        duration_s=round(time.time() - started, 3), **outcome))
-        finally:
-            remove_sink(sink)
+    date = opts.date.isoformat()
+    record: RunRecord | None = None
+    try:
+        with job_lock(job.lock_file, spec.name):  # a loser stops here: no log, no history
+            sink = -1
+            started = time.time()
+            outcome: dict = {"status": "failed", "exit_code": EXIT_BUG}
+            try:
+                with logger.contextualize(job=spec.name, date=date, run_id=run_id):
+                    try:
+                        sink = add_job_file(spec.log, spec.name, opts.root)
+                        result = run_date(spec, opts, job, run_id)
+                        outcome = {"status": result.status, "exit_code": 0,
+                                   "rows": result.manifest.rows if result.manifest else {}}
+                        return result
+                    except (RecallError, Interrupted) as exc:
+                        published = committed(job, date, run_id)
+                        if isinstance(exc, Interrupted):
+                            exc.hint = (f"{spec.name} {date} had been published by this run before it stopped"
+                                        if published else f"{spec.name} {date} was not published; the previous "
+                                        "tables are as they were; rerun the date")
+                        outcome = {"status": "published" if published else "failed", "exit_code": exc.exit_code,
+                                   "error": exc.line()}
+                        logger.bind(console=False).error(f"run failed (exit {exc.exit_code}): {exc.line()}")
+                        raise
+                    except BaseException as exc:
+                        outcome["error"] = f"{type(exc).__name__}: {exc}"
+                        logger.bind(console=False).opt(exception=exc).error("run failed with an internal error")
+                        raise
+                    finally:
+                        clear_staging(job)
+                        record = RunRecord(
+                            date=date, run_id=run_id, forced=opts.force,
+                            started=dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(timespec="seconds"),
+                            duration_s=round(time.time() - started, 3), **outcome)
+                        history.append(job, record)
+                        monitor.write_textfile(spec, opts.root, job)
+            finally:
+                remove_sink(sink)
+    finally:
+        if record is not None:
+            monitor.run_command(spec, opts.root, job, record)
+
+
+def committed(job: JobDir, date: str, run_id: str) -> bool:
+    """Whether this run's manifest of `date` is in place (the run got past its commit point)."""
+    try:
+        manifest = read_manifest(job, date)
+    except OSError:
+        return False
+    return manifest is not None and manifest.run_id == run_id
 
 
 def run_date(spec: JobSpec, opts: RunOptions, job: JobDir, run_id: str) -> RunResult:
@@ -119,6 +145,9 @@ def run_date(spec: JobSpec, opts: RunOptions, job: JobDir, run_id: str) -> RunRe
         search, tables = stage(engine, model, how, publication, timer)
         stats = engine.input_stats(data)
     before = read_manifest(job, previous) if previous else None
+    if before is not None and before.rebuilt and metrics is not None:
+        logger.warning(f"the [gate] max_recall_drop check has no reference: the manifest of {previous} was rebuilt "
+                       "from its tables' _SUCCESS markers, without its metrics")
     checks = gate_checks(spec.gate, metrics, before.metrics if before else None, tables["u2i"].rows)
     enforce_gate(checks, opts.skip_gate)
     manifest = Manifest(
@@ -156,11 +185,19 @@ def table_order(name: str) -> tuple[int, str]:
 
 
 def start_clean(job: JobDir) -> None:
-    """Settle publishes a killed run left behind, then clear its staging."""
+    """Refuse links planted in the job folder; settle publishes a killed run left behind, clear
+    its staging; rebuild state files that hold garbage (each said on stderr)."""
+    check_links(job)
     try:
         settle(job)
+        for note in repair(job):
+            logger.warning(note)
     except OSError as exc:
-        raise output_error(exc, job.root) from None
+        error = output_error(exc, job.root)
+        error.hint = ("this run had not started: it published nothing; fix space or permissions there (an earlier run's "
+                      "publish is settled, and state files that hold garbage are rebuilt, before a run starts) and "
+                      "rerun the date")
+        raise error from None
     leftovers = clear_staging(job)
     if leftovers:
         logger.info(f"cleared {len(leftovers)} staging folder(s) left by earlier runs")
