@@ -137,6 +137,10 @@ def run_date(spec: JobSpec, opts: RunOptions, job: JobDir, run_id: str) -> RunRe
     publication = Publication(job, run_id, date)
     with engines.create(spec, opts.root, threads, opts.progress) as engine:
         data = engine.prepare(window, timer)
+        said = engine.input_stats(data)
+        logger.bind(say=True).info(
+            f"{said.rows:,} rows from {len(said.files)} file(s) in {window.start}..{window.run_date}, "
+            f"{said.bad.bad_rows:,} bad; {said.users:,} users x {said.items:,} items")
         metrics = evaluate(engine, data, how, timer) if spec.evaluate.holdout_days > 0 else None
         with timer.step("backtest"):
             served = backtest(engine, data, job, previous, spec) if previous else None
@@ -210,7 +214,10 @@ def evaluate(engine: Engine, data, how: Blend, timer: Timer) -> Holdout | None:
         if held is None:
             logger.warning("holdout evaluation skipped: the holdout or the training part is empty")
             return None
-        return holdout_metrics(held, how)
+        result = holdout_metrics(held, how)
+        logger.bind(say=True).info(f"holdout recall@{result.k} {result.merged.recall:.4f} "
+                                   f"(popular baseline {result.popular_baseline.recall:.4f})")
+        return result
 
 
 def backtest(engine: Engine, data, job: JobDir, prev: str, spec: JobSpec) -> dict:
@@ -227,7 +234,7 @@ def backtest(engine: Engine, data, job: JobDir, prev: str, spec: JobSpec) -> dic
 
     result = score_served(returning, read_served, prev, spec.evaluate.k, engine.input_stats(data).items)
     if "recall" in result:
-        logger.info(f"backtest of the u2i served on {prev}: recall@{result['k']} {result['recall']:.4f} over "
+        logger.bind(say=True).info(f"backtest of the u2i served on {prev}: recall@{result['k']} {result['recall']:.4f} over "
                     f"{result['users']} returning users")
     else:
         logger.info(f"backtest of {prev} skipped: {result['skipped']}")
