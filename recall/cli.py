@@ -209,9 +209,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def demo_root(args: argparse.Namespace) -> Path:
+    """The project folder of `recall demo`: the one named (--root, $RECALL_ROOT) or the current
+    one when it holds jobs/example.toml; else the checkout this package runs from (`pip install
+    -e .`), so that the demo works from any folder."""
+    root = project_root(args)
+    if args.root or os.environ.get("RECALL_ROOT") or (root / "jobs" / "example.toml").is_file():
+        return root
+    checkout = Path(__file__).resolve().parent.parent
+    return checkout if (checkout / "jobs" / "example.toml").is_file() else root
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Generate the example job's input if absent, run it for yesterday, show what was published."""
-    spec, root = load(args, "example")
+    root = demo_root(args)
+    spec = find_job("example", root)
+    print(f"project folder: {root}")
     date = yesterday(spec.job.timezone)
     target = root / spec.input.path
     if not (target / f"dt={date.isoformat()}").exists():
@@ -249,7 +262,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     spec, root = load(args)
     target = Path(args.out) if args.out else root / "data" / "reports" / f"{spec.name}.html"
-    path = report.write(spec.name, job_dir(spec, root), target, spec.gate.max_recall_drop)
+    path = report.write(spec.name, job_dir(spec, root), target, spec.gate)
     print(f"wrote {path}")
     return 0
 
