@@ -194,19 +194,28 @@ def test_text_garbage_in_latest_does_not_break_catch_up(tmp_path: Path):
     assert (out_dir(root, "tiny") / "_LATEST").read_text() == f"{y}\n"
 
 
-def test_garbage_in_the_history_is_skipped_then_dropped_saying_so(root: Path):
+def test_garbage_in_the_history_and_in_a_marker_is_read_around_then_repaired_saying_so(root: Path):
     out = job(root)
     runs = history(root, "tiny")
     with open(out / "_history.jsonl", "ab") as fh:
         fh.write(b"\x00\xff\xfe binary\n[1, 2]\n{\"date\": 5}\n")
+    marker = out / "i2i" / f"dt={D1}" / "_SUCCESS"
+    good = marker.read_bytes()
+    marker.write_bytes(b"\x00" * 10)
     status = run_cli(root, "status")
     assert status.returncode == 0, status.stderr
     assert f"tiny: {out / '_history.jsonl'}: 3 unreadable line(s) skipped" in status.stdout
+    assert f"tiny: {marker} is not a partition marker (it holds " in status.stdout
     res = run(root, "--date", D3)
-    record("state: garbage in _history.jsonl, next run", res)
+    record("state: garbage in _history.jsonl and in a _SUCCESS, next run", res)
     assert res.returncode == 0, res.stderr
-    assert lines(res) == [f"recall: warning: tiny {D3}: {out / '_history.jsonl'}: dropped 3 unreadable line(s) "
-                          f"(not run records); kept {len(runs) + 1} run(s)"]
+    said = lines(res)
+    assert said[0].startswith(f"recall: warning: tiny {D3}: {marker} is not a partition marker")
+    assert said[0].endswith(f"rebuilt from the manifest of {D1} (run {manifest(out, D1)['run_id']}, "
+                            f"{manifest(out, D1)['tables']['i2i']['rows']} rows in 1 file(s), as the partition holds)")
+    assert said[1:] == [f"recall: warning: tiny {D3}: {out / '_history.jsonl'}: dropped 3 unreadable line(s) "
+                        f"(not run records); kept {len(runs) + 1} run(s)"]
+    assert json.loads(marker.read_bytes()) == json.loads(good)
     assert [r["run_id"] for r in history(root, "tiny")][:-1] == [r["run_id"] for r in runs]
 
 

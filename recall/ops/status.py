@@ -19,7 +19,7 @@ from recall.spec.sections import JobSpec
 from recall.store import history
 from recall.store.layout import job_dir
 from recall.store.records import Manifest, RunRecord
-from recall.store.state import latest, manifest_dates, manifest_problem, read_latest, read_manifest
+from recall.store.state import latest, manifest_dates, manifest_problem, marker_problem, read_latest, read_manifest
 
 # Nagios plugin exit codes, used by `recall status --check` (not the run's exit codes)
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
@@ -97,6 +97,11 @@ def job_state(spec: JobSpec, root: Path) -> JobState:
         bad = manifest_problem(out, date)
         if bad:
             state.problems.append(bad)
+            continue
+        for table in read_manifest(out, date).tables:
+            bad = marker_problem(out, table, date)
+            if bad:
+                state.problems.append(bad)
     state.manifest = read_manifest(out, state.latest) if state.latest else None
     if state.manifest and state.manifest.rebuilt:
         state.problems.append(f"the manifest of {state.latest} was rebuilt from its tables' markers "

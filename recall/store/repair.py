@@ -7,13 +7,17 @@ bad file (recall.store.state) and say what is wrong.
 """
 from __future__ import annotations
 
+import json
 import os
+
+import pyarrow.parquet as pq
 
 from recall.errors import OutputError
 from recall.store.atomic import write_atomic
-from recall.store.layout import MANIFESTS, STAGING, TABLES, JobDir
+from recall.store.layout import MANIFESTS, STAGING, SUCCESS, TABLES, JobDir, data_files
 from recall.store.records import Manifest, TableInfo, to_json
-from recall.store.state import manifest_dates, manifest_problem, published_dates, read_latest, read_marker
+from recall.store.state import (manifest_dates, manifest_problem, marker_problem, published_dates, read_latest,
+                                read_manifest, read_marker)
 
 CORRUPT = ".corrupt"  # a corrupt manifest is kept beside the rebuilt one as dt=D.json.corrupt
 
@@ -50,6 +54,9 @@ def repair(job: JobDir) -> list[str]:
       (the u2i table's run, and every table of that run), its metrics lost; the bad file is kept
       as dt=D.json.corrupt. Without a u2i marker the date is not published: the bad file is set
       aside the same way.
+    - a table's _SUCCESS that is not a marker, in a date whose manifest lists the table:
+      rewritten from the manifest when the partition holds exactly the files and rows the
+      manifest lists (else left, and said: the date is not published).
     - _LATEST holding anything but the date of a manifest: rewritten as the newest published
       date (removed when nothing is published).
     """
@@ -69,6 +76,7 @@ def repair(job: JobDir) -> list[str]:
         else:
             done.append(f"{problem}, and no u2i table of {date} to rebuild it from: {date} is not published "
                         f"(the bad file is kept as {path.name}{CORRUPT})")
+    done += repair_markers(job)
     date, problem = read_latest(job)
     if problem is not None:
         dates = published_dates(job)
@@ -78,6 +86,27 @@ def repair(job: JobDir) -> list[str]:
         else:
             job.latest_file.unlink(missing_ok=True)
             done.append(f"{problem}: removed, nothing is published")
+    return done
+
+
+def repair_markers(job: JobDir) -> list[str]:
+    done = []
+    for date in manifest_dates(job):
+        manifest = read_manifest(job, date)
+        for table, info in (manifest.tables.items() if manifest else ()):
+            problem = marker_problem(job, table, date)
+            if problem is None:
+                continue
+            folder = job.partition(table, date)
+            found = {p.name: pq.ParquetFile(p).metadata.num_rows for p in data_files(folder)}
+            if found != info.files:
+                done.append(f"{problem}, and the partition does not hold the files the manifest lists: {date} is not "
+                            f"published (rerun it with --force)")
+                continue
+            write_atomic(folder / SUCCESS, json.dumps({"run_id": manifest.run_id, "rows": info.rows,
+                                                       "files": info.files}, indent=1) + "\n")
+            done.append(f"{problem}: rebuilt from the manifest of {date} (run {manifest.run_id}, {info.rows} rows "
+                        f"in {len(info.files)} file(s), as the partition holds)")
     return done
 
 

@@ -86,6 +86,24 @@ def latest(job: JobDir) -> str | None:
     return dates[-1] if dates else None
 
 
+def marker_problem(job: JobDir, table: str, date: str) -> str | None:
+    """What is wrong with a partition's _SUCCESS (None when it reads as a marker, or is absent)."""
+    path = job.partition(table, date) / SUCCESS
+    try:
+        data = path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror}"
+    try:
+        parsed = json.loads(data)
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict) or Marker.from_dict(parsed) is None:
+        return f"{path} is not a partition marker (it holds {shown(data)})"
+    return None
+
+
 def manifest_problem(job: JobDir, date: str) -> str | None:
     """What is wrong with a date's manifest file (None when it reads as a manifest, or is absent)."""
     path = job.manifest(date)
