@@ -16,7 +16,7 @@ from recall.errors import SpecError
 FILE_FORMAT = ("{time:YYYY-MM-DD HH:mm:ss.SSS ZZ} | {level: <7} | job={extra[job]} date={extra[date]} "
                "run={extra[run_id]} | {message}")
 MIN_FREE = 64 * 1024  # below this the log file is not opened: a run logs a few KB
-CONSOLE_FORMAT = "<level>{level: <7}</level> {time:HH:mm:ss} {extra[job]} {extra[date]} | {message}\n{exception}"
+CONSOLE_FORMAT = "<level>{level: <7}</level> {time:HH:mm:ss} {extra[job]} {extra[date]} | {message}"
 
 
 def interactive() -> bool:

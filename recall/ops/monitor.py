@@ -119,6 +119,9 @@ def write_textfile(spec: JobSpec, root: Path, job: JobDir) -> None:
         write_atomic(path, render(job_state(spec, root)))
     except OSError as exc:
         logger.warning(f"[monitor] textfile: cannot write {path}: {exc.strerror}; the run's outcome stands")
+    except Exception as exc:  # a bug, or a state file too odd to render: never the run's outcome
+        logger.opt(exception=exc).bind(console=False).error("[monitor] textfile: internal error")
+        logger.warning(f"[monitor] textfile: not written ({type(exc).__name__}: {exc}); the run's outcome stands")
 
 
 # --- on_failure / on_success -----------------------------------------------------------------
@@ -154,7 +157,16 @@ def environment(spec: JobSpec, root: Path, job: JobDir, record: RunRecord) -> di
 def run_command(spec: JobSpec, root: Path, job: JobDir, record: RunRecord) -> None:
     """Run the spec's on_failure / on_success for `record` with `/bin/sh -c`, from the project
     folder, its output on our stderr, in a session of its own (a Ctrl-C at the terminal is not
-    sent to it), killed with its children past `[monitor] timeout`."""
+    sent to it), killed with its children past `[monitor] timeout`. Never raises but to stop
+    on a signal: whatever the command does is a warning at most."""
+    try:
+        run(spec, root, job, record)
+    except Exception as exc:  # a bug here must not become the run's outcome either
+        logger.opt(exception=exc).bind(console=False).error("[monitor] command: internal error")
+        logger.warning(f"[monitor] command not run ({type(exc).__name__}: {exc}); the run's outcome stands")
+
+
+def run(spec: JobSpec, root: Path, job: JobDir, record: RunRecord) -> None:
     key, command = command_for(spec, record)
     if not command:
         return

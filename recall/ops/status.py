@@ -106,9 +106,9 @@ def job_state(spec: JobSpec, root: Path) -> JobState:
     if state.manifest and state.manifest.rebuilt:
         state.problems.append(f"the manifest of {state.latest} was rebuilt from its tables' markers "
                               f"({state.manifest.rebuilt})")
-    state.runs, bad_lines = history.read_runs(out)
-    if bad_lines:
-        state.problems.append(f"{out.history_file}: {bad_lines} unreadable line(s) skipped")
+    state.runs, problem = history.read_runs(out)
+    if problem:
+        state.problems.append(problem)
     return state
 
 

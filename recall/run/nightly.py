@@ -95,6 +95,7 @@ def run_job(spec: JobSpec, opts: RunOptions) -> RunResult:
                         raise
                     except BaseException as exc:
                         outcome["error"] = f"{type(exc).__name__}: {exc}"
+                        outcome["status"] = "published" if committed(job, date, run_id) else "failed"
                         logger.bind(console=False).opt(exception=exc).error("run failed with an internal error")
                         raise
                     finally:

@@ -56,14 +56,16 @@ def parse(line: bytes) -> RunRecord | None:
     return RunRecord.from_dict(data) if isinstance(data, dict) else None
 
 
-def read_runs(job: JobDir) -> tuple[list[RunRecord], int]:
-    """The recorded runs, oldest first, and how many lines were not run records."""
+def read_runs(job: JobDir) -> tuple[list[RunRecord], str | None]:
+    """The recorded runs, oldest first, and what was wrong with the file (lines that are not run
+    records, or the file unreadable), None when nothing."""
+    path = job.history_file
     try:
-        data = job.history_file.read_bytes()
+        data = path.read_bytes()
     except (FileNotFoundError, NotADirectoryError):
-        return [], 0
-    except OSError:
-        return [], 1
+        return [], None
+    except OSError as exc:
+        return [], f"cannot read {path}: {exc.strerror}"
     records, bad = [], 0
     for line in data.split(b"\n"):
         record = parse(line) if line.strip() else None
@@ -71,7 +73,7 @@ def read_runs(job: JobDir) -> tuple[list[RunRecord], int]:
             records.append(record)
         elif line.strip():
             bad += 1
-    return records, bad
+    return records, f"{path}: {bad} unreadable line(s) skipped" if bad else None
 
 
 def runs(job: JobDir) -> list[RunRecord]:
