@@ -18,16 +18,15 @@ from recall.errors import EXIT_BUG, InputError, Interrupted, RecallError, SpecEr
 from recall.ingest.prepare import prepare
 from recall.ingest.window import Window
 from recall.jobs import find_job
-from recall.ops import report, schedule
-from recall.ops import signals
+from recall.ops import report, schedule, signals, status
 from recall.ops.logs import setup_console
-from recall.ops import status
 from recall.run.batch import catch_up, run_dates
 from recall.run import tune
 from recall.run.nightly import RunOptions, run_job
 from recall.runtime import job_threads
 from recall.samples import datasets
 from recall.samples.synth import SynthSpec, generate
+from recall.spec.check import MAX_DAYS
 from recall.spec.sections import JobSpec
 from recall.store.layout import job_dir
 from recall.store.reader import read_table
@@ -200,6 +199,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     spec, root = load(args)
     end = parse_date(args.end) if args.end else yesterday(spec.job.timezone)
+    for flag, value, most in (("--days", args.days, MAX_DAYS), ("--users", args.users, None),
+                              ("--items", args.items, None), ("--rows-per-day", args.rows_per_day, None)):
+        if value < 1 or (most and value > most):
+            raise SpecError(f"{flag} {value}: must be at least 1" + (f" and at most {most}" if most else ""))
+    if end - dt.date.min < dt.timedelta(days=args.days):
+        raise SpecError(f"--end {end} with --days {args.days} starts before the year 1")
     target = root / spec.input.path
     synth = SynthSpec(users=args.users, items=args.items, rows_per_day=args.rows_per_day, days=args.days,
                       seed=args.seed)
