@@ -248,7 +248,8 @@ def test_a_corrupt_manifest_is_rebuilt_and_the_backtest_and_gate_say_what_they_l
 
 
 @pytest.mark.parametrize("signum,code,said", [(signal.SIGTERM, 143, "terminated by SIGTERM"),
-                                              (signal.SIGINT, 130, "interrupted by SIGINT")])
+                                              (signal.SIGINT, 130, "interrupted by SIGINT"),
+                                              (signal.SIGHUP, 129, "terminated by SIGHUP")])
 def test_a_run_stopped_by_a_signal_leaves_a_trace_and_cleans_up(signum, code, said, root: Path, cli_bg):
     out = job(root)
     before, markers = published_files(out), success_markers(out)
