@@ -38,8 +38,12 @@ def append(job: JobDir, record: RunRecord) -> None:
 
 def tidy(path: Path) -> None:
     """Keep the last MAX_RUNS runs; drop lines that are not run records (garbage, a line torn by
-    a crash), saying how many."""
+    a crash), saying how many. Lines are parsed only when one does not look like ours or there
+    are too many: an append stays cheap."""
     lines = path.read_bytes().split(b"\n")
+    ours = all(not line or (line.startswith(b'{"date": ') and line.endswith(b"}")) for line in lines)
+    if ours and len(lines) <= MAX_RUNS + 1:
+        return
     good = [line for line in lines if parse(line) is not None]
     bad = sum(1 for line in lines if line.strip()) - len(good)
     if bad or len(good) > MAX_RUNS:
