@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import calendar
 import datetime as dt
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -13,19 +15,19 @@ import pandas as pd
 import pyarrow.parquet as pq
 from loguru import logger
 
-from recall.errors import EXIT_BUG, InputError, RecallError, SpecError
+from recall.errors import EXIT_BUG, InputError, Interrupted, RecallError, SpecError
 from recall.ingest.prepare import prepare
 from recall.ingest.window import Window
 from recall.jobs import find_job
-from recall.ops import report, schedule
+from recall.ops import report, schedule, signals, status
 from recall.ops.logs import setup_console
-from recall.ops.status import print_status
 from recall.run.batch import catch_up, run_dates
 from recall.run import tune
 from recall.run.nightly import RunOptions, run_job
 from recall.runtime import job_threads
 from recall.samples import datasets
 from recall.samples.synth import SynthSpec, generate
+from recall.spec.check import MAX_DAYS
 from recall.spec.sections import JobSpec
 from recall.store.layout import TABLES, job_dir
 from recall.store.reader import read_table
@@ -43,7 +45,14 @@ class Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (exit 2), like every other failure."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise SpecError(f"{self.prog}: {message}", hint=f"see `{self.prog} --help`")
+        verb = self.prog.removeprefix("recall").strip()
+        if not verb and "required: VERB" in message:
+            raise SpecError("no VERB given; usage: recall [--root DIR] VERB [ARGS], VERB one of "
+                            + ", ".join(VERBS), hint="see `recall --help`, or `recall VERB --help`")
+        raise SpecError(f"{verb}: {message}" if verb else message, hint=f"see `{self.prog} --help`")
+
+
+VERBS = ("run", "backfill", "status", "check", "tune", "report", "cron", "generate", "datasets", "demo")
 
 
 def project_root(args: argparse.Namespace) -> Path:
@@ -51,11 +60,36 @@ def project_root(args: argparse.Namespace) -> Path:
     return Path(root).resolve()
 
 
+DATE_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
+
+
 def parse_date(text: str) -> dt.date:
+    """YYYY-MM-DD; a date of that form that does not exist (2026-11-31) is told apart from a typo."""
+    match = DATE_RE.match(text)
+    if not match:
+        raise SpecError(f"bad date {text!r}: expected YYYY-MM-DD")
     try:
         return dt.date.fromisoformat(text)
     except ValueError:
-        raise SpecError(f"bad date {text!r}: expected YYYY-MM-DD") from None
+        year, month, _ = (int(g) for g in match.groups())
+        if not 1 <= year <= 9999:
+            why = f"there is no year {year}"
+        elif not 1 <= month <= 12:
+            why = f"there is no month {month}"
+        else:
+            why = f"{calendar.month_name[month]} {year} has {calendar.monthrange(year, month)[1]} days"
+        raise SpecError(f"bad date {text!r}: no such date ({why})") from None
+
+
+def checked_window(spec: JobSpec, date: dt.date, what: str = "--date") -> Window:
+    """The run's window, refused (exit 2) when it falls outside the calendar (years 1..9999)."""
+    window = Window(date, spec.job.lookback_days, spec.job.timezone)
+    try:
+        window.bounds_us()
+    except (OverflowError, ValueError):
+        raise SpecError(f"{what} {date} is out of range: with [job] lookback_days = {spec.job.lookback_days} its "
+                        f"window must lie within the years 1..9999") from None
+    return window
 
 
 def yesterday(timezone: str) -> dt.date:
@@ -83,6 +117,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise SpecError("--catch-up and --date do not go together")
         return catch_up(spec, root, yesterday(spec.job.timezone), args.force, args.skip_gate)
     date = parse_date(args.date) if args.date else yesterday(spec.job.timezone)
+    checked_window(spec, date)
     result = run_job(spec, RunOptions(date, root, args.force, args.skip_gate, progress=sys.stderr.isatty()))
     report_result(result)
     return 0
@@ -102,6 +137,8 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     start, end = parse_date(args.from_date), parse_date(args.to_date)
     if end < start:
         raise SpecError(f"--to {end} is before --from {start}")
+    checked_window(spec, start, "--from")
+    checked_window(spec, end, "--to")
     dates = [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
     return run_dates(spec, root, dates, args.force, args.skip_gate, keep_going=args.keep_going)
 
@@ -109,7 +146,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     spec, root = load(args)
     date = parse_date(args.date) if args.date else yesterday(spec.job.timezone)
-    window = Window(date, spec.job.lookback_days, spec.job.timezone)
+    window = checked_window(spec, date)
     stats = prepare(spec, window, root).stats
     bad = stats.bad
     print(f"{spec.name}: spec {spec.source} is valid (hash {spec.spec_hash()})")
@@ -126,7 +163,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_tune(args: argparse.Namespace) -> int:
     spec, root = load(args)
     date = parse_date(args.date) if args.date else yesterday(spec.job.timezone)
-    window = Window(date, spec.job.lookback_days, spec.job.timezone)
+    window = checked_window(spec, date)
     data = prepare(spec, window, root)
     if spec.evaluate.holdout_days == 0:
         spec.evaluate.holdout_days = 1
@@ -153,12 +190,28 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     root = project_root(args)
-    return print_status(root, args.job, lambda job: load(args, job)[0])
+    if args.max_age is not None and not args.check:
+        raise SpecError("--max-age goes with --check")
+    if args.max_age is not None and not args.max_age > 0:
+        raise SpecError(f"--max-age {args.max_age:g}: must be a number of hours above 0")
+    try:
+        return status.command(root, args.job, lambda job: load(args, job)[0], args.json, args.check, args.max_age)
+    except RecallError as exc:
+        if not args.check or args.json:
+            raise
+        print(f"RECALL UNKNOWN: {exc.line()}")  # a check that cannot judge says so, on stdout, as Nagios reads it
+        return status.UNKNOWN
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     spec, root = load(args)
     end = parse_date(args.end) if args.end else yesterday(spec.job.timezone)
+    for flag, value, most in (("--days", args.days, MAX_DAYS), ("--users", args.users, None),
+                              ("--items", args.items, None), ("--rows-per-day", args.rows_per_day, None)):
+        if value < 1 or (most and value > most):
+            raise SpecError(f"{flag} {value}: must be at least 1" + (f" and at most {most}" if most else ""))
+    if end - dt.date.min < dt.timedelta(days=args.days):
+        raise SpecError(f"--end {end} with --days {args.days} starts before the year 1")
     target = root / spec.input.path
     synth = SynthSpec(users=args.users, items=args.items, rows_per_day=args.rows_per_day, days=args.days,
                       seed=args.seed)
@@ -168,9 +221,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def demo_root(args: argparse.Namespace) -> Path:
+    """The project folder of `recall demo`: the one named (--root, $RECALL_ROOT) or the current
+    one when it holds jobs/example.toml; else the checkout this package runs from (`pip install
+    -e .`), so that the demo works from any folder."""
+    root = project_root(args)
+    if args.root or os.environ.get("RECALL_ROOT") or (root / "jobs" / "example.toml").is_file():
+        return root
+    checkout = Path(__file__).resolve().parent.parent
+    return checkout if (checkout / "jobs" / "example.toml").is_file() else root
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Generate the example job's input if absent, run it for yesterday, show what was published."""
-    spec, root = load(args, "example")
+    root = demo_root(args)
+    spec = find_job("example", root)
+    print(f"project folder: {root}")
     date = yesterday(spec.job.timezone)
     target = root / spec.input.path
     if not (target / f"dt={date.isoformat()}").exists():
@@ -208,7 +274,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     spec, root = load(args)
     target = Path(args.out) if args.out else root / "data" / "reports" / f"{spec.name}.html"
-    path = report.write(spec.name, job_dir(spec, root), target, spec.gate.max_recall_drop)
+    path = report.write(spec.name, job_dir(spec, root), target, spec.gate)
     print(f"wrote {path}")
     return 0
 
@@ -276,8 +342,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="what is published, when, rows, metrics, last failure",
                        description="Show, per job, the last published date, its age, rows, duration, "
-                                   "the last failure and the next scheduled run.")
+                                   "the last failure and the next scheduled run; --json for all of it as JSON, "
+                                   "--check for a monitoring check.")
     p.add_argument("job", metavar="JOB", nargs="?", help="one job (default: every spec in jobs/)")
+    p.add_argument("--json", action="store_true", help="everything known about each job, as JSON")
+    p.add_argument("--check", action="store_true",
+                   help="a Nagios-style check of the scheduled jobs (or JOB): one line; exit 0 OK, 1 WARNING "
+                        "(days without data, state files rebuilt or unreadable), 2 CRITICAL (latest date older "
+                        "than --max-age, last run failed, nothing published, spec does not load), 3 UNKNOWN")
+    p.add_argument("--max-age", type=float, metavar="HOURS",
+                   help=f"with --check: the oldest the latest date may be, in hours since its end "
+                        f"(default {status.DEFAULT_MAX_AGE_H:g})")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("check", help="validate a spec and its input without running",
@@ -357,15 +432,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # published files are never world-writable, whatever the umask (group-write stays as set)
+    os.umask(os.umask(0o022) | 0o002)
+    signals.install()
     setup_console(verbose="-v" in (argv or sys.argv[1:]) or "--verbose" in (argv or sys.argv[1:]))
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)
-    except RecallError as exc:
+    except (RecallError, Interrupted) as exc:
         print(f"recall: {exc.line()}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("recall: interrupted", file=sys.stderr)
+    except KeyboardInterrupt:  # raised by a library that installs its own SIGINT handling
+        print("recall: interrupted by SIGINT", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug: one line here, the traceback in the log
         logger.bind(console=False).opt(exception=exc).error("internal error")

@@ -1,6 +1,8 @@
 """Failures the pipeline expects, each tied to the exit code DESIGN.md documents."""
 from __future__ import annotations
 
+import signal
+
 
 class RecallError(Exception):
     """Base class: an expected failure with a one-line message and an exit code."""
@@ -52,6 +54,24 @@ class LockBusy(RecallError):
 
     exit_code = 75
     hint = "wait for it to finish, or check that process"
+
+
+class Interrupted(BaseException):
+    """The process was told to stop (SIGINT, SIGTERM, SIGHUP). A BaseException, as
+    KeyboardInterrupt is, so that no `except Exception` on the way swallows it; it exits with
+    128 + the signal's number, as a shell reports a process the signal ended (130, 143, 129)."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.signame = signal.Signals(signum).name
+        self.exit_code = 128 + signum
+        verb = "interrupted" if signum == signal.SIGINT else "terminated"
+        super().__init__(f"{verb} by {self.signame}")
+        self.hint = ""
+
+    def line(self) -> str:
+        text = " ".join(str(self).split())
+        return f"{text}; {self.hint}" if self.hint else text
 
 
 EXIT_BUG = 1

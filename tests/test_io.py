@@ -82,7 +82,8 @@ def test_missing_id_column_in_one_file_of_several(tmp_path):
     folder = tmp_path / "dt=2026-11-10"
     folder.mkdir()
     pq.write_table(pa.table({"uid": [1], "item_id": [3]}), folder / "part-0.parquet")
-    with pytest.raises(InputError, match="missing column 'user_id' in .*dt=2026-11-10"):
+    wanted = r"missing column 'user_id' \(input.user_col\) in .*dt=2026-11-10.*the file's columns: uid, item_id"
+    with pytest.raises(InputError, match=wanted):
         read_window(InputSection(path=str(tmp_path)), Window(dt.date(2026, 11, 10), 2), tmp_path)
 
 

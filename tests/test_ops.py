@@ -234,7 +234,8 @@ def test_status_shows_each_job(tmp_path):
     assert run_cli(root, "run", "tiny", "--date", "2026-11-11").returncode == 3
     res = run_cli(root, "status")
     assert res.returncode == 0, res.stderr
-    header, *rows = res.stdout.splitlines()
+    table, detail = res.stdout.split("\n\n")  # the table, then detail lines: never cut
+    header, *rows = table.splitlines()
     assert header.split() == ["job", "latest", "age", "u2i", "i2i", "recall", "backtest", "blend", "duration",
                               "next", "run", "last", "failure"]
     assert [r.split()[0] for r in rows] == ["idle", "tiny"]
@@ -249,7 +250,11 @@ def test_status_shows_each_job(tmp_path):
     assert fields[7] == ",".join(f"{n}:{w:g}" for n, w in manifest["blend"]["weights"].items())
     assert fields[8] == f"{run['duration_s']:.1f}s"
     assert nxt in tiny and "2026-11-11 exit 3 (run " in tiny
+    failed = history(root, "tiny")[1]
+    assert detail.splitlines() == [f"tiny: last failure 2026-11-11 exit 3 (run {failed['run_id']}, started "
+                                   f"{failed['started']}): {failed['error']}"]
+    assert failed["error"].endswith("or set input.require_run_date=false to run without it")  # whole
     one = run_cli(root, "status", "tiny")
-    assert one.returncode == 0 and len(one.stdout.splitlines()) == 2
+    assert one.returncode == 0 and len(one.stdout.split("\n\n")[0].splitlines()) == 2
     missing = run_cli(root, "status", "nope")
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1

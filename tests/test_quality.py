@@ -145,7 +145,7 @@ def test_report_renders_every_published_date(project, cli):
     res = cli(project, "report", "small")
     assert res.returncode == 0, res.stderr
     page = (project / "data" / "reports" / "small.html").read_text()
-    assert page.count("data:image/png;base64,") == 2
+    assert page.count("data:image/png;base64,") == 3  # the holdout, the backtest, the rows per table
     for date in ("2026-11-18", "2026-11-19", DATE):
-        assert f"<td>{date}</td>" in page
-    assert "merged" in page and "popular_baseline" in page and "backtest" in page
+        assert page.count(f"<td class='text'>{date}</td>") == 2  # in the quality and in the runs table
+    assert "published lists (merged)" in page and "popular baseline" in page and "backtest" in page

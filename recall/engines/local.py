@@ -52,8 +52,9 @@ class Model:
 
 
 def fit_model(inter: Interactions, spec: JobSpec, end_us: int, blocked: np.ndarray, sources: tuple[str, ...],
-              threads: int, timer: Timer | None = None, with_i2i: bool = True, progress: bool = False) -> Model:
-    """Train what `sources` (and the i2i table) need and build their parts of the item side."""
+              threads: int, timer: Timer | None = None, with_i2i: bool = True, progress: bool | str = False) -> Model:
+    """Train what `sources` (and the i2i table) need and build their parts of the item side;
+    `progress`: show ALS's progress bar (labelled with it when it is a text)."""
     timer = timer or Timer()
     counts = to_csr(inter)
     seen = seen_matrix(counts)
@@ -86,13 +87,13 @@ def fit_model(inter: Interactions, spec: JobSpec, end_us: int, blocked: np.ndarr
 
 
 def fit_holdout(data: Prepared, spec: JobSpec, sources: tuple[str, ...], threads: int,
-                timer: Timer | None = None) -> tuple[HoldoutSet, Model] | None:
+                timer: Timer | None = None, progress: bool = False) -> tuple[HoldoutSet, Model] | None:
     """Split the window, fit `sources` on the training part; the set to score and the model."""
     split = holdout_split(data.inter, spec.evaluate, data.window.bounds_us()[1], spec.model.random_state)
     if split is None:
         return None
     model = fit_model(split.train, spec, split.cutoff_us, blocked_of(data.inter, split.train, data.blocked),
-                      sources, threads, timer, with_i2i=False)
+                      sources, threads, timer, with_i2i=False, progress="holdout: ALS" if progress else False)
     evaluated = sample_users(split.relevant, spec.evaluate.max_users, spec.model.random_state)
     held = HoldoutSet(model.side, model.users, evaluated, split.relevant, split.description,
                       len(split.train.user_idx), spec.evaluate.k, threads, spec.recall.u2i.batch_size)
@@ -114,7 +115,7 @@ class LocalEngine(Engine):
 
     def holdout(self, data: Prepared, timer: Timer, sources: tuple[str, ...], spec: JobSpec | None = None
                 ) -> HoldoutSet | None:
-        fitted = fit_holdout(data, spec or self.spec, sources, self.threads, timer)
+        fitted = fit_holdout(data, spec or self.spec, sources, self.threads, timer, progress=self.progress)
         return fitted[0] if fitted else None
 
     def returning(self, data: Prepared, since_us: int) -> Returning | str:
@@ -122,7 +123,7 @@ class LocalEngine(Engine):
 
     def fit(self, data: Prepared, how: Blend, timer: Timer) -> Model:
         return fit_model(data.inter, self.spec, self.end_us(data), data.blocked, how.sources, self.threads, timer,
-                         progress=self.progress)
+                         progress="ALS" if self.progress else False)
 
     def write_tables(self, model: Model, how: Blend, publication: Publication, timer: Timer) -> dict:
         with timer.step("u2i"):

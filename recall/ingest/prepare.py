@@ -51,8 +51,10 @@ def prepare(spec: JobSpec, window: Window, root: Path, timer: Timer | None = Non
     timer = timer or Timer()
     with timer.step("read"):
         raw = read_window(spec.input, window, root)
-    logger.info(f"read {raw.rows} rows from {len(raw.files)} file(s)"
-                + (f"; no data for {', '.join(raw.missing_days)}" if raw.missing_days else ""))
+    logger.info(f"read {raw.rows} rows from {len(raw.files)} file(s)")
+    if raw.missing_days:
+        logger.warning(f"no data for {len(raw.missing_days)} day(s) of the window {window.start}..{window.run_date}: "
+                       f"{', '.join(raw.missing_days)} (no dt= partition under {root / spec.input.path})")
     with timer.step("validate"):
         clean, bad = validate(raw, spec.input)
     if bad.bad_rows:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,8 +68,18 @@ class Columns:
 def read_window(spec: InputSection, window: Window, root: Path) -> RawLog:
     """Read the rows of `window` from the input named by `spec` (paths relative to `root`)."""
     path = root / spec.path  # an absolute spec.path replaces root
-    if not path.exists():
-        raise InputError(f"input path does not exist: {path}")
+    try:
+        found = path.exists()
+    except OSError as exc:  # a folder on the way that may not be searched
+        raise InputError(f"cannot reach input path {path}: {exc.strerror}",
+                         hint="make every folder on the way searchable by this user") from None
+    if not found:
+        if path.is_symlink():
+            raise InputError(f"input path {path} is a symbolic link to {os.readlink(path)}, which does not exist")
+        relative = "" if Path(spec.path).is_absolute() else (
+            f"[input] path {spec.path!r} is taken from the project folder {root}; ")
+        raise InputError(f"input path does not exist: {path}",
+                         hint=relative + "fix [input] path, or name the project folder with --root DIR or RECALL_ROOT")
     files, partitioned, missing = list_files(path, spec, window)
     if not files:
         raise InputError(f"no input files for window {window.start}..{window.run_date} under {path}")
@@ -83,10 +94,10 @@ def read_window(spec: InputSection, window: Window, root: Path) -> RawLog:
     cols = None
     id_types: dict[str, tuple[pa.DataType, str]] = {}
     for i, file in enumerate(files):
-        table = read_file(file, spec)
+        table, names = read_file(file, spec)
         if cols is None:
-            cols = resolve_columns(spec, table.schema, file)
-        piece = normalise(table, cols, spec, file, files[0], id_types)
+            cols = resolve_columns(spec, names, file)
+        piece = normalise(table, names, cols, spec, file, files[0], id_types)
         if not partitioned and piece["ts"] is not None:
             keep = piece["ts_bad"] | ((piece["ts"] >= lo) & (piece["ts"] < hi))
             piece = {k: take(v, keep) for k, v in piece.items()}
@@ -118,21 +129,8 @@ def list_files(path: Path, spec: InputSection, window: Window) -> tuple[list[Pat
     """Files to read, whether the input is dt-partitioned, and window days with no partition."""
     if path.is_file():
         return [path], False, []
-    files = sorted(
-        p for p in path.rglob("*")
-        if p.is_file() and not any(part.startswith(("_", ".")) for part in p.relative_to(path).parts)
-    )
     wanted = {d.isoformat() for d in window.dates()}
-    dated: list[tuple[Path, str | None]] = []
-    for file in files:
-        days = [m.group(1) for part in file.relative_to(path).parts[:-1] if (m := DT_RE.match(part))]
-        day = days[0] if days else None
-        if day is not None:
-            try:
-                dt.date.fromisoformat(day)
-            except ValueError:
-                raise InputError(f"bad partition name dt={day} in {file}: expected dt=YYYY-MM-DD") from None
-        dated.append((file, day))
+    dated = walk(path, wanted)
     partitioned = any(day for _, day in dated)
     if partitioned:
         strays = [f for f, day in dated if day is None]
@@ -144,15 +142,73 @@ def list_files(path: Path, spec: InputSection, window: Window) -> tuple[list[Pat
     return [f for f, _ in dated], False, []
 
 
-def read_file(file: Path, spec: InputSection) -> pa.Table:
-    """One file as an Arrow table of its columns (CSV ids read as text, typed later)."""
+def walk(top: Path, wanted: set[str]) -> list[tuple[Path, str | None]]:
+    """The data files under `top` with the day of their dt= partition (None outside any), sorted;
+    a dt= folder outside the window stands for its files, which are not listed.
+
+    Symbolic links are followed (a data-lake snapshot may point older days to other storage),
+    files and folders whose names start with '_' or '.' are left out, and so are dt= partitions
+    outside the window (never listed). A folder that cannot be listed, a link that leads
+    nowhere and a link loop are refused (exit 3): a day is never skipped in silence.
+    """
+    found: list[tuple[Path, str | None]] = []
+
+    def visit(folder: Path, day: str | None, ancestors: frozenset) -> None:
+        try:
+            st = folder.stat()
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            raise InputError(f"cannot list input folder {folder}: {exc.strerror}",
+                             hint="make it readable by this user (every day of the window must be read), "
+                                  "or remove it") from None
+        here = ancestors | {(st.st_dev, st.st_ino)}
+        for entry in entries:
+            if entry.name.startswith(("_", ".")):
+                continue
+            child = Path(entry.path)
+            inner = day
+            if day is None and (m := DT_RE.match(entry.name)):
+                inner = m.group(1)
+                try:
+                    dt.date.fromisoformat(inner)
+                except ValueError:
+                    raise InputError(f"bad partition name dt={inner} in {child}: expected dt=YYYY-MM-DD") from None
+                if inner not in wanted:
+                    found.append((child, inner))  # outside the window: not listed, not read
+                    continue
+            try:
+                broken = entry.is_symlink() and not child.exists()
+                target = child.stat() if not broken and entry.is_dir() else None
+                is_file = not broken and target is None and entry.is_file()
+            except OSError as exc:
+                raise InputError(f"cannot read {child} in the input: {exc.strerror}",
+                                 hint="make it readable by this user, or remove it") from None
+            if broken:
+                raise InputError(f"broken symbolic link in the input: {child} -> {os.readlink(child)}",
+                                 hint="restore its target, or remove the link")
+            if target is not None:
+                if (target.st_dev, target.st_ino) in here:
+                    raise InputError(f"symbolic link loop in the input: {child} leads back to a folder above it",
+                                     hint="remove the link")
+                visit(child, inner, here)
+            elif is_file:
+                found.append((child, day))
+
+    visit(top, None, frozenset())
+    return sorted(found)
+
+
+def read_file(file: Path, spec: InputSection) -> tuple[pa.Table, list[str]]:
+    """One file as an Arrow table of the columns the job reads (CSV ids read as text, typed
+    later), and the names of all the file's columns (for messages)."""
     fmt = "csv" if is_text(file, spec) else "parquet"
     if file.stat().st_size == 0:
         raise InputError(f"empty file (0 bytes): {file}")
     try:
         if fmt == "csv":
             return read_csv(file, spec)
-        return pq.read_table(file, columns=wanted_columns(spec, pq.read_schema(file)))
+        schema = pq.read_schema(file)
+        return pq.read_table(file, columns=wanted_columns(spec, schema)), schema.names
     except InputError:
         raise
     except (pa.ArrowException, OSError, ValueError) as exc:
@@ -169,7 +225,7 @@ def wanted_columns(spec: InputSection, schema: pa.Schema) -> list[str]:
     return [n for n in names if n in schema.names]
 
 
-def read_csv(file: Path, spec: InputSection) -> pa.Table:
+def read_csv(file: Path, spec: InputSection) -> tuple[pa.Table, list[str]]:
     id_cols = {spec.user_col: pa.string(), spec.item_col: pa.string()}
     table = pacsv.read_csv(
         file,
@@ -177,21 +233,21 @@ def read_csv(file: Path, spec: InputSection) -> pa.Table:
         convert_options=pacsv.ConvertOptions(column_types=id_cols, strings_can_be_null=True),
     )
     keep = wanted_columns(spec, table.schema)
-    return table.select(keep)
+    return table.select(keep), table.column_names
 
 
-def resolve_columns(spec: InputSection, schema: pa.Schema, file: Path) -> Columns:
-    for col in (spec.user_col, spec.item_col):
-        if col not in schema.names:
-            raise InputError(f"missing id column {col!r} in {file} (columns: {', '.join(schema.names)})")
+def resolve_columns(spec: InputSection, names: list[str], file: Path) -> Columns:
+    for key, col in (("user", spec.user_col), ("item", spec.item_col)):
+        if col not in names:
+            raise missing_column(col, key, file, names)
     chosen = {}
     for key, col in (("time", spec.time_col), ("weight", spec.weight_col), ("event", spec.event_col)):
         if col is None:
-            chosen[key] = DEFAULT_OPTIONAL[key] if DEFAULT_OPTIONAL[key] in schema.names else None
+            chosen[key] = DEFAULT_OPTIONAL[key] if DEFAULT_OPTIONAL[key] in names else None
         elif col == "":
             chosen[key] = None
-        elif col not in schema.names:
-            raise InputError(f"missing column {col!r} (input.{key}_col) in {file}")
+        elif col not in names:
+            raise missing_column(col, key, file, names)
         else:
             chosen[key] = col
     if chosen["event"] and not spec.event_weights:
@@ -202,12 +258,22 @@ def resolve_columns(spec: InputSection, schema: pa.Schema, file: Path) -> Column
     return Columns(spec.user_col, spec.item_col, chosen["time"], chosen["weight"], chosen["event"])
 
 
-def normalise(table: pa.Table, cols: Columns, spec: InputSection, file: Path, first: Path,
+def missing_column(col: str, key: str, file: Path, names: list[str], first: Path | None = None) -> InputError:
+    """A column the spec names is not in `file`: say which key names it and what the file has."""
+    return InputError(
+        f"missing column {col!r} (input.{key}_col) in {file}"
+        + (f", which {first} has" if first else "")
+        + f"; the file's columns: {', '.join(names) or 'none'}",
+        hint=f"set input.{key}_col to the file's {key} column (in the spec's [input], or --set input.{key}_col=NAME)"
+        + ("" if key in ("user", "item") else ", or to \"\" to read without one"))
+
+
+def normalise(table: pa.Table, names: list[str], cols: Columns, spec: InputSection, file: Path, first: Path,
               id_types: dict[str, tuple[pa.DataType, str]]) -> dict:
     """Canonical columns of one file: ids int64 or string, time in UTC us, weight float64."""
-    for name in cols.present().values():
+    for key, name in cols.present().items():
         if name not in table.schema.names:
-            raise InputError(f"missing column {name!r} in {file} (present in {first})")
+            raise missing_column(name, key, file, names, first)
     out: dict = {}
     csv = is_text(file, spec)
     for key, name in (("user", cols.user), ("item", cols.item)):

@@ -7,6 +7,7 @@ import numpy as np
 import scipy.sparse as sp
 from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
+from tqdm import tqdm
 
 from recall.spec.sections import ModelSection
 
@@ -17,8 +18,9 @@ class Factors:
     items: np.ndarray  # float32, C-contiguous, n_items x factors
 
 
-def train_als(user_items: sp.csr_matrix, spec: ModelSection, threads: int, show_progress: bool = False) -> Factors:
-    """Fit ALS on `user_items` (users x items, the `r` of confidence 1 + alpha * r)."""
+def train_als(user_items: sp.csr_matrix, spec: ModelSection, threads: int, show_progress: bool | str = False) -> Factors:
+    """Fit ALS on `user_items` (users x items, the `r` of confidence 1 + alpha * r); with
+    `show_progress` a progress bar, labelled with it when it is a text."""
     # implicit parallelises over users itself; a multi-threaded BLAS underneath only fights it.
     with threadpool_limits(limits=1, user_api="blas"):
         model = AlternatingLeastSquares(
@@ -30,7 +32,10 @@ def train_als(user_items: sp.csr_matrix, spec: ModelSection, threads: int, show_
             num_threads=threads,
             calculate_training_loss=False,
         )
-        model.fit(user_items, show_progress=show_progress)
+        label = show_progress if isinstance(show_progress, str) else "ALS"
+        with tqdm(total=spec.iterations, desc=label, unit="iteration", leave=False,
+                  disable=not show_progress) as bar:
+            model.fit(user_items, show_progress=False, callback=lambda *_: bar.update(1))
     return Factors(
         users=np.ascontiguousarray(model.user_factors, dtype=np.float32),
         items=np.ascontiguousarray(model.item_factors, dtype=np.float32),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import fcntl
 import json
 import os
@@ -18,8 +19,12 @@ def job_lock(path: Path, job: str) -> Iterator[None]:
     """Hold the job's lock for the block, or raise LockBusy naming the holder."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)  # never through a planted link
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OutputError(f"refusing to use {path}: it is a symbolic link (to {os.readlink(path)}), and a run "
+                              f"writes only inside {path.parent}",
+                              hint="remove the link (nothing was written) and rerun the date") from None
         raise OutputError(f"cannot create lock file {path}: {exc.strerror}") from None
     try:
         try:

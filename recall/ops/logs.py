@@ -1,4 +1,6 @@
-"""loguru sinks: the job's rotating file, and stderr (progress on a terminal, problems under cron)."""
+"""loguru sinks: the job's rotating file (everything), and stderr: on a terminal a few plain
+lines (records bound with `say=True`) beside labelled progress bars, warnings and errors; under
+cron only warnings and errors. `-v` shows every record on stderr."""
 from __future__ import annotations
 
 import errno
@@ -22,16 +24,38 @@ def interactive() -> bool:
 
 
 def setup_console(verbose: bool = False) -> None:
-    """stderr shows progress when a person watches; under cron only warnings and worse.
+    """stderr: what a person at a terminal wants to see, and only problems under cron.
 
     Records bound with console=False (the full detail of a failure whose one-line summary
-    the CLI prints itself) stay out of stderr.
+    the CLI prints itself) stay out of stderr; INFO records stay in the job's log file unless
+    bound with say=True (and the terminal is a terminal).
     """
     logger.remove()
     logger.configure(extra={"job": "-", "date": "-", "run_id": "-"})
-    level = "DEBUG" if verbose else ("INFO" if interactive() else "WARNING")
-    logger.add(sys.stderr, level=level, format=CONSOLE_FORMAT, colorize=interactive(),
-               filter=lambda r: r["extra"].get("console", True))
+    if verbose:
+        logger.add(sys.stderr, level="DEBUG", format=CONSOLE_FORMAT, colorize=interactive(),
+                   filter=lambda r: r["extra"].get("console", True))
+        return
+    tty = interactive()
+
+    def shown(record) -> bool:
+        if not record["extra"].get("console", True):
+            return False
+        return record["level"].no >= WARNING or (tty and record["extra"].get("say", False))
+
+    logger.add(sys.stderr, level="INFO", format=console_line, colorize=False, filter=shown)
+
+
+WARNING = 30
+
+
+def console_line(record) -> str:
+    """`job date: message` for what a run says on a terminal; `recall: warning: ...` for problems."""
+    extra = record["extra"]
+    who = f"{extra['job']} {extra['date']}: " if extra.get("job", "-") != "-" else ""
+    if record["level"].no >= WARNING:
+        return f"recall: {record['level'].name.lower()}: {who}{{message}}\n"
+    return f"{who}{{message}}\n"
 
 
 def add_job_file(spec: LogSection, job: str, root: Path) -> int:

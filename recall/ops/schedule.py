@@ -115,20 +115,37 @@ def command_for(root: Path, spec_path: Path, env: list[tuple[str, str]]) -> str:
 
 
 def entries(root: Path) -> list[Entry]:
-    """One entry per scheduled spec in jobs/; every spec is loaded and validated first."""
+    """One entry per scheduled spec in jobs/; every spec is loaded and validated first (the
+    first that does not load is the error)."""
+    out, errors = load_entries(root)
+    if errors:
+        raise errors[0]
+    return out
+
+
+def load_entries(root: Path) -> tuple[list[Entry], list[SpecError]]:
+    """The entries of the specs that load, and the errors of those that do not."""
+    folder = root / "jobs"
+    if not folder.is_dir():
+        raise SpecError(f"no jobs/ folder in {root}: it is not a recall project folder",
+                        hint="run recall from the project folder, or name it with --root DIR or the environment "
+                             "variable RECALL_ROOT=DIR")
     env = environment(root)
     tag = project_tag(root)
-    out = []
-    for path in sorted((root / "jobs").glob("*.toml")):
-        spec = load_job(path)
-        if spec.job.schedule:
-            schedule = " ".join(spec.job.schedule.split())
-            out.append(Entry(spec.name, schedule, command_for(root, path, env), tag + spec.name))
+    out, errors = [], []
+    for path in sorted(folder.glob("*.toml")):
+        try:
+            spec = load_job(path)
+            if spec.job.schedule:
+                schedule = " ".join(spec.job.schedule.split())
+                out.append(Entry(spec.name, schedule, command_for(root, path, env), tag + spec.name))
+        except SpecError as exc:
+            errors.append(exc)
     names = [e.job for e in out]
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup:
-        raise SpecError(f"two specs in {root / 'jobs'} share the job name {dup!r}")
-    return out
+        errors.append(SpecError(f"two specs in {root / 'jobs'} share the job name {dup!r}"))
+    return out, errors
 
 
 # --- editing a crontab's text ------------------------------------------------------
@@ -270,10 +287,22 @@ def installed_state(entry: Entry, current: list[str], tag: str) -> str:
 
 
 def show(root: Path, tabfile: str | None) -> None:
-    wanted = entries(root)
+    """Print the entries of the specs that load; then, if some do not, fail naming them (exit 2):
+    one bad spec does not hide the others."""
+    wanted, errors = load_entries(root)
     if not wanted:
-        print(f"no spec in {root / 'jobs'} has a [job] schedule")
-        return
+        print(f"no spec in {root / 'jobs'} " + ("that loads " if errors else "") + "has a [job] schedule")
+    else:
+        print_entries(wanted, root, tabfile)
+    if errors:
+        shown = f"the other {len(wanted)} entr{'y is' if len(wanted) == 1 else 'ies are'} above" if wanted else \
+            "no entry to show"
+        raise SpecError(f"{len(errors)} spec(s) in {root / 'jobs'} cannot be scheduled ({shown}): "
+                        + " | ".join(str(e) for e in errors),
+                        hint="fix them; `recall cron install` refuses to touch the crontab until every spec loads")
+
+
+def print_entries(wanted: list[Entry], root: Path, tabfile: str | None) -> None:
     try:
         current = read_tab(tabfile).splitlines()
     except OutputError:

@@ -17,12 +17,13 @@ from loguru import logger
 
 from recall import engines
 from recall.engines.base import Engine
-from recall.errors import EXIT_BUG, RecallError
+from recall.errors import EXIT_BUG, Interrupted, RecallError
 from recall.evaluate.backtest import score_served
 from recall.evaluate.gate import enforce_gate, gate_checks
 from recall.evaluate.holdout import holdout_metrics
 from recall.ingest.window import Window
 from recall.kernel.blend import Blend
+from recall.ops import monitor
 from recall.ops.lock import job_lock
 from recall.ops.logs import add_job_file, remove_sink
 from recall.run.autotune import tuned_spec
@@ -34,6 +35,7 @@ from recall.store.commit import Publication, clear_staging, output_error, settle
 from recall.store.layout import TABLES, JobDir, job_dir
 from recall.store.reader import read_arrow
 from recall.store.records import Holdout, Manifest, Marker, RunRecord, TableInfo
+from recall.store.repair import check_links, repair
 from recall.store.state import is_published, previous_published, read_manifest
 from recall.timer import Timer
 from recall.versions import code_version, library_versions
@@ -63,37 +65,62 @@ def new_run_id() -> str:
 
 
 def run_job(spec: JobSpec, opts: RunOptions) -> RunResult:
-    """Lock the job, log to its file, run the date, record it in the job's history."""
+    """Lock the job, log to its file, run the date, record it in the job's history and its
+    monitoring textfile; then, the lock released, run the spec's on_success / on_failure command."""
     job = job_dir(spec, opts.root)
     run_id = new_run_id()
-    with job_lock(job.lock_file, spec.name):  # a loser stops here: no log, no history
-        sink = -1
-        started = time.time()
-        outcome: dict = {"status": "failed", "exit_code": EXIT_BUG}
-        try:
-            with logger.contextualize(job=spec.name, date=opts.date.isoformat(), run_id=run_id):
-                try:
-                    sink = add_job_file(spec.log, spec.name, opts.root)
-                    result = run_date(spec, opts, job, run_id)
-                    outcome = {"status": result.status, "exit_code": 0,
-                               "rows": result.manifest.rows if result.manifest else {}}
-                    return result
-                except RecallError as exc:
-                    outcome = {"status": "failed", "exit_code": exc.exit_code, "error": exc.line()}
-                    logger.bind(console=False).error(f"run failed (exit {exc.exit_code}): {exc.line()}")
-                    raise
-                except BaseException as exc:
-                    outcome["error"] = f"{type(exc).__name__}: {exc}"
-                    logger.bind(console=False).opt(exception=exc).error("run failed with an internal error")
-                    raise
-                finally:
-                    clear_staging(job)
-                    history.append(job, RunRecord(
-                        date=opts.date.isoformat(), run_id=run_id, forced=opts.force,
-                        started=dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(timespec="seconds"),
-                        duration_s=round(time.time() - started, 3), **outcome))
-        finally:
-            remove_sink(sink)
+    date = opts.date.isoformat()
+    record: RunRecord | None = None
+    try:
+        with job_lock(job.lock_file, spec.name):  # a loser stops here: no log, no history
+            sink = -1
+            started = time.time()
+            outcome: dict = {"status": "failed", "exit_code": EXIT_BUG}
+            try:
+                with logger.contextualize(job=spec.name, date=date, run_id=run_id):
+                    try:
+                        sink = add_job_file(spec.log, spec.name, opts.root)
+                        result = run_date(spec, opts, job, run_id)
+                        outcome = {"status": result.status, "exit_code": 0,
+                                   "rows": result.manifest.rows if result.manifest else {}}
+                        return result
+                    except (RecallError, Interrupted) as exc:
+                        published = committed(job, date, run_id)
+                        if isinstance(exc, Interrupted):
+                            exc.hint = (f"{spec.name} {date} had been published by this run before it stopped"
+                                        if published else f"{spec.name} {date} was not published; the previous "
+                                        "tables are as they were; rerun the date")
+                        outcome = {"status": "published" if published else "failed", "exit_code": exc.exit_code,
+                                   "error": exc.line()}
+                        logger.bind(console=False).error(f"run failed (exit {exc.exit_code}): {exc.line()}")
+                        raise
+                    except BaseException as exc:
+                        outcome["error"] = f"{type(exc).__name__}: {exc}"
+                        outcome["status"] = "published" if committed(job, date, run_id) else "failed"
+                        logger.bind(console=False).opt(exception=exc).error("run failed with an internal error")
+                        raise
+                    finally:
+                        clear_staging(job)
+                        record = RunRecord(
+                            date=date, run_id=run_id, forced=opts.force,
+                            started=dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(timespec="seconds"),
+                            duration_s=round(time.time() - started, 3), **outcome)
+                        history.append(job, record)
+                        monitor.write_textfile(spec, opts.root, job)
+            finally:
+                remove_sink(sink)
+    finally:
+        if record is not None:
+            monitor.run_command(spec, opts.root, job, record)
+
+
+def committed(job: JobDir, date: str, run_id: str) -> bool:
+    """Whether this run's manifest of `date` is in place (the run got past its commit point)."""
+    try:
+        manifest = read_manifest(job, date)
+    except OSError:
+        return False
+    return manifest is not None and manifest.run_id == run_id
 
 
 def run_date(spec: JobSpec, opts: RunOptions, job: JobDir, run_id: str) -> RunResult:
@@ -113,6 +140,10 @@ def run_date(spec: JobSpec, opts: RunOptions, job: JobDir, run_id: str) -> RunRe
     publication = Publication(job, run_id, date)
     with engines.create(spec, opts.root, threads, opts.progress) as engine:
         data = engine.prepare(window, timer)
+        stats = engine.input_stats(data)
+        logger.bind(say=True).info(
+            f"{stats.rows:,} rows from {len(stats.files)} file(s) in {window.start}..{window.run_date}, "
+            f"{stats.bad.bad_rows:,} bad; {stats.users:,} users x {stats.items:,} items")
         with timer.step("backtest"):
             served = backtest(engine, data, job, previous, spec) if previous else None
         spec, tuned = tuned_spec(engine, data, spec, job, date, run_id, served, timer)
@@ -121,7 +152,9 @@ def run_date(spec: JobSpec, opts: RunOptions, job: JobDir, run_id: str) -> RunRe
         with timer.step("train"):
             model = engine.fit(data, how, timer)  # only the sources the blend uses
         search, tables = stage(engine, model, how, publication, timer)
-        stats = engine.input_stats(data)
+    if before is not None and before.rebuilt and metrics is not None:
+        logger.warning(f"the [gate] max_recall_drop check has no reference: the manifest of {previous} was rebuilt "
+                       "from its tables' _SUCCESS markers, without its metrics")
     checks = gate_checks(spec.gate, metrics, before.metrics if before else None, tables["u2i"].rows)
     enforce_gate(checks, opts.skip_gate)
     manifest = Manifest(
@@ -160,11 +193,19 @@ def table_order(name: str) -> tuple[int, str]:
 
 
 def start_clean(job: JobDir) -> None:
-    """Settle publishes a killed run left behind, then clear its staging."""
+    """Refuse links planted in the job folder; settle publishes a killed run left behind, clear
+    its staging; rebuild state files that hold garbage (each said on stderr)."""
+    check_links(job)
     try:
         settle(job)
+        for note in repair(job):
+            logger.warning(note)
     except OSError as exc:
-        raise output_error(exc, job.root) from None
+        error = output_error(exc, job.root)
+        error.hint = ("this run had not started: it published nothing; fix space or permissions there (an earlier run's "
+                      "publish is settled, and state files that hold garbage are rebuilt, before a run starts) and "
+                      "rerun the date")
+        raise error from None
     leftovers = clear_staging(job)
     if leftovers:
         logger.info(f"cleared {len(leftovers)} staging folder(s) left by earlier runs")
@@ -177,7 +218,6 @@ def evaluate(engine: Engine, data, spec: JobSpec, how: Blend, previous: Manifest
     chosen blend is kept (else the fixed default weights). Returns the metrics, the blend to
     publish and where it came from."""
     auto = spec.recall.u2i.blend == "auto"
-    held = None
     if spec.evaluate.holdout_days > 0:
         with timer.step("evaluate"):
             held = engine.holdout(data, timer, how.sources)
@@ -185,6 +225,8 @@ def evaluate(engine: Engine, data, spec: JobSpec, how: Blend, previous: Manifest
                 logger.warning("holdout evaluation skipped: the holdout or the training part is empty")
             else:
                 metrics, chosen = holdout_metrics(held, how, auto, spec.model.random_state)
+                logger.bind(say=True).info(f"holdout recall@{metrics.k} {metrics.merged.recall:.4f} "
+                                           f"(popular baseline {metrics.popular_baseline.recall:.4f})")
                 return metrics, chosen, "chosen on the holdout" if auto else "the spec's"
     if auto and previous is not None and previous.blend.get("mode") == "weighted" \
             and set(previous.blend["sources"]) <= set(how.sources) and previous.blend_source != "the spec's":
@@ -206,7 +248,7 @@ def backtest(engine: Engine, data, job: JobDir, prev: str, spec: JobSpec) -> dic
 
     result = score_served(returning, read_served, prev, spec.evaluate.k, engine.input_stats(data).items)
     if "recall" in result:
-        logger.info(f"backtest of the u2i served on {prev}: recall@{result['k']} {result['recall']:.4f} over "
+        logger.bind(say=True).info(f"backtest of the u2i served on {prev}: recall@{result['k']} {result['recall']:.4f} over "
                     f"{result['users']} returning users")
     else:
         logger.info(f"backtest of {prev} skipped: {result['skipped']}")

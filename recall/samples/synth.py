@@ -75,6 +75,11 @@ class World:
         items[rest] = rng.choice(spec.items, rest.size, p=weights / weights.sum())
         events = rng.choice(len(EVENTS), rows, p=EVENT_P)
         seconds = np.sort(rng.integers(0, 86_400, rows))
+        # the same user, item and event in the same second is an ingestion replay, which the
+        # pipeline counts as a bad row: a clean log has none
+        _, first = np.unique(np.stack([seconds, users, items, events], axis=1), axis=0, return_index=True)
+        keep = np.sort(first)
+        users, items, events, seconds = users[keep], items[keep], events[keep], seconds[keep]
         ts = np.datetime64(start.replace(tzinfo=None), "us") + seconds.astype("timedelta64[s]")
         return pa.table({
             "user_id": pa.array(self.user_ids[users]),

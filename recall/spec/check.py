@@ -10,12 +10,16 @@ from recall.spec.cron import check_expression
 from recall.spec.sections import JOB_NAME_RE, JobSpec
 
 
-def check_spec(spec: JobSpec, source: str) -> None:
-    """Checks a single key's type cannot express; each names the key."""
+MAX_DAYS = 36_525  # 100 years: longer windows and retention are typos, and overflow dates
+
+
+def check_spec(spec: JobSpec, source: str, origins=None) -> None:
+    """Checks a single key's type cannot express; each names the key, and blames the `--set`
+    that set it when `origins` (recall.spec.load.Origins) says one did, else `source`."""
 
     def need(ok: bool, key: str, msg: str) -> None:
         if not ok:
-            raise SpecError(f"{source}: {key} {msg}")
+            raise SpecError(f"{origins.of_label(key) if origins is not None else source}: {key} {msg}")
 
     need(bool(JOB_NAME_RE.match(spec.job.name)), "[job] name",
          f"{spec.job.name!r} may hold only letters, digits, '_' and '-' (at most 64)")
@@ -24,6 +28,8 @@ def check_spec(spec: JobSpec, source: str) -> None:
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         need(False, "[job] timezone", f"{spec.job.timezone!r} is not a known IANA time zone")
     need(spec.job.lookback_days >= 1, "[job] lookback_days", "must be at least 1")
+    need(spec.job.lookback_days <= MAX_DAYS, "[job] lookback_days",
+         f"must be at most {MAX_DAYS} (100 years), got {spec.job.lookback_days}")
     if spec.job.schedule:
         check_expression(spec.job.schedule, f"{source}: [job] schedule")
     need(bool(spec.input.path), "[input] path", "is required")
@@ -53,14 +59,18 @@ def check_spec(spec: JobSpec, source: str) -> None:
     need(0 < r.u2i.approx_target_recall <= 1, "[recall.u2i] approx_target_recall", "must be within 0..1")
     need(r.recent_popular.days >= 1, "[recall.recent_popular] days", "must be at least 1")
     need(r.item_based.max_user_items >= 0, "[recall.item_based] max_user_items", "must be >= 0 (0: no cap)")
+    for key, days in (("[recall.recent_popular] days", r.recent_popular.days), ("[recall.popular] days", r.popular.days)):
+        need(days <= MAX_DAYS, key, f"must be at most {MAX_DAYS} (100 years), got {days}")
     need(r.item_based.recent_items >= 1 and r.item_based.neighbours >= 1, "[recall.item_based]",
          "recent_items and neighbours must be at least 1")
     need(r.ease.max_items >= 2 and r.ease.l2 > 0, "[recall.ease]", "max_items must be at least 2 and l2 positive")
     o = spec.output
     need(o.keep_days >= 1, "[output] keep_days", "must be at least 1")
+    need(o.keep_days <= MAX_DAYS, "[output] keep_days", f"must be at most {MAX_DAYS} (100 years), got {o.keep_days}")
     need(o.max_rows_per_file >= 1 and o.row_group_rows >= 1, "[output]", "row limits must be at least 1")
     for key, value in (("[output] path", o.path), ("[log] dir", spec.log.dir),
-                       ("[input] path", spec.input.path), ("[filter] blocklist_path", spec.filter.blocklist_path)):
+                       ("[input] path", spec.input.path), ("[filter] blocklist_path", spec.filter.blocklist_path),
+                       ("[monitor] textfile", spec.monitor.textfile)):
         need(".." not in Path(value).parts, key, f"{value!r} may not contain '..'")
     e = spec.evaluate
     need(e.holdout_days >= 0, "[evaluate] holdout_days", "must be >= 0 (0 turns it off)")
@@ -73,6 +83,10 @@ def check_spec(spec: JobSpec, source: str) -> None:
     need(a.every_days >= 0, "[autotune] every_days", "must be >= 0 (0: never search in a run)")
     need(0 <= a.backtest_drop <= 1, "[autotune] backtest_drop", "must be within 0..1")
     need(a.budget_s > 0 and a.trials >= 1, "[autotune]", "budget_s must be positive and trials at least 1")
+    mon = spec.monitor
+    need(not mon.textfile or mon.textfile.endswith(".prom"), "[monitor] textfile",
+         f"{mon.textfile!r} must end in .prom (node-exporter's textfile collector reads only *.prom files)")
+    need(0 < mon.timeout <= 3600, "[monitor] timeout", "must be within 0..3600 seconds")
     g = spec.gate
     need(0 <= g.max_recall_drop <= 1, "[gate] max_recall_drop", "must be within 0..1")
     need(g.min_rows >= 0, "[gate] min_rows", "must be >= 0")

@@ -178,6 +178,15 @@ class LogSection:
 
 
 @dataclass
+class MonitorSection:
+    # a Prometheus node-exporter textfile (a *.prom path) rewritten after every run; "": none
+    textfile: str = ""
+    on_failure: str = ""  # a shell command run after a run that failed (job, date, code, error in its env)
+    on_success: str = ""  # a shell command run after a run that published
+    timeout: float = 60.0  # seconds a command may run before it is killed
+
+
+@dataclass
 class JobSpec:
     job: JobSection = field(default_factory=JobSection)
     input: InputSection = field(default_factory=InputSection)
@@ -189,6 +198,7 @@ class JobSpec:
     gate: GateSection = field(default_factory=GateSection)
     autotune: AutotuneSection = field(default_factory=AutotuneSection)
     log: LogSection = field(default_factory=LogSection)
+    monitor: MonitorSection = field(default_factory=MonitorSection)
     source: str = field(default="", compare=False)  # the file it came from
     explicit: frozenset[str] = field(default=frozenset(), compare=False)  # keys the file or --set gave
 

@@ -17,7 +17,8 @@ def write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "w", encoding="utf-8") as fh:
+        tmp.unlink(missing_ok=True)  # left by a killed process of the same pid
+        with open(tmp, "x", encoding="utf-8") as fh:  # created anew: never written through a link
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())

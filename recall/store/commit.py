@@ -28,7 +28,7 @@ from recall.errors import OutputError
 from recall.store.atomic import exchange, fsync_dir, fsync_file, read_json, write_atomic
 from recall.store.layout import JOURNAL, MANIFESTS, NAMED, STAGING, SUCCESS, JobDir, data_files, next_part, part_name
 from recall.store.records import Manifest, Marker, to_json
-from recall.store.state import is_published, latest, manifest_dates
+from recall.store.state import is_published, latest, manifest_dates, read_latest
 from recall.testpoint import pause_point
 from recall.timer import Timer
 
@@ -58,6 +58,7 @@ class Publication:
         back as it was before raising (OutputError for an OSError). The time the tables take to
         appear is the `publish` step of `timer`, recorded in the manifest."""
         timer = timer or Timer()
+        stage = "publish"  # then "latest" once the manifest (the commit point) is written, then "retire"
         try:
             with timer.step("publish"):
                 begin_publish(self.job, self.run_id, self.date, list(manifest.tables))
@@ -67,17 +68,31 @@ class Publication:
                     pause_point(f"published-{table}")
             manifest = dataclasses.replace(manifest, timings={**manifest.timings, **timer.timings})
             write_atomic(self.job.manifest(self.date), to_json(manifest))  # the commit point
+            stage = "latest"
             pause_point("before-latest")
             newest = set_latest(self.job, self.date)  # only now, after every table and the manifest
             end_publish(self.job, self.run_id)
+            stage = "retire"
             return newest, retire(self.job, keep_days, self.run_id)
         except BaseException as exc:
+            if stage != "publish":  # committed: the date is published; only _LATEST or retention is behind
+                if isinstance(exc, OSError):
+                    raise after_commit_error(exc, self.job, self.date, stage) from None
+                raise
+            undone = True
             try:
                 settle(self.job, console=False)  # put back the partitions this run replaced
             except OSError as undo:  # its journal stays, and the next run tries again
+                undone = False
                 logger.bind(console=False).error(f"could not undo the unfinished publish: {undo}")
             if isinstance(exc, OSError):
-                raise output_error(exc, self.job.root) from None
+                error = output_error(exc, self.job.root)
+                if not undone:
+                    error.hint = (f"{self.date} was not published, but the partitions this run had swapped in could "
+                                  "not all be taken back out yet: the job's next run does it (readers that check "
+                                  "_SUCCESS against the manifest are not misled meanwhile); free space or fix "
+                                  "permissions and rerun the date")
+                raise error from None
             raise
 
 
@@ -149,7 +164,8 @@ def set_latest(job: JobDir, date: str) -> str:
     """_LATEST names the newest fully published date (a backfill of an old date leaves it)."""
     current = latest(job)
     newest = max(date, current) if current and is_published(job, current) else date
-    write_atomic(job.latest_file, newest + "\n")
+    if read_latest(job) != (newest, None):  # a rerun of the latest date leaves the file as it is
+        write_atomic(job.latest_file, newest + "\n")
     return newest
 
 
@@ -209,7 +225,7 @@ def clear_staging(job: JobDir) -> list[str]:
     for stale in [*job.root.glob(".*.tmp-*"), *(job.root / MANIFESTS).glob(".*.tmp-*")]:
         stale.unlink(missing_ok=True)  # a write_atomic cut short by a kill
     folder = job.root / STAGING
-    if not folder.is_dir():
+    if folder.is_symlink() or not folder.is_dir():  # a planted link: never delete through it
         return []
     removed = []
     for child in folder.iterdir():
@@ -234,6 +250,7 @@ def retire(job: JobDir, keep_days: int, run_id: str) -> list[str]:
     removed = []
     for date in sorted(d for d in dates if d < cutoff and d != newest):
         job.manifest(date).unlink(missing_ok=True)
+        job.manifest(date).with_name(f"dt={date}.json.corrupt").unlink(missing_ok=True)  # see store.repair
         for table in tables:
             part = job.partition(table, date)
             if part.exists():
@@ -243,6 +260,22 @@ def retire(job: JobDir, keep_days: int, run_id: str) -> list[str]:
                 shutil.rmtree(target, ignore_errors=True)
         removed.append(date)
     return removed
+
+
+def after_commit_error(exc: OSError, job: JobDir, date: str, stage: str) -> OutputError:
+    """What to say when a run fails after its manifest was written: the date *is* published."""
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    where = f" ({exc.filename})" if exc.filename else ""
+    if stage == "latest":
+        readers = latest(job)
+        return OutputError(
+            f"{date} is published (its tables and manifest are in place) but {job.latest_file} could not be "
+            f"moved to it: {reason}{where}; readers that follow _LATEST still get "
+            + (readers if readers and readers != date else "nothing"),
+            hint=f"fix space or permissions under {job.root}: the job's next run moves _LATEST "
+                 "(the date need not be rerun)")
+    return OutputError(f"{date} is published, but retention could not remove old dates: {reason}{where}",
+                       hint=f"fix permissions under {job.root}: the job's next run retires them")
 
 
 def output_error(exc: OSError, where: Path) -> OutputError:

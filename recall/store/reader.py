@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -19,21 +20,42 @@ import pyarrow.parquet as pq
 
 from recall.spec.sections import JOB_NAME_RE
 from recall.store.layout import SUCCESS, TABLES, JobDir
-from recall.store.state import is_published, latest, published_dates as dates_of, read_manifest
+from recall.store.state import is_published, latest, manifest_problem, published_dates as dates_of, read_manifest
 
 SETTLE_S = 2.0  # how long a date whose tables and manifest disagree is waited for
 
 
+def output_root(output: str | Path) -> Path:
+    """Where the jobs' folders are: `output` (a job spec's [output] path) when absolute; a
+    relative one, the default data/recall included, from $RECALL_ROOT when it is set (the
+    project folder, as for the command line), else from the current folder."""
+    path = Path(output)
+    root = os.environ.get("RECALL_ROOT")
+    return path if path.is_absolute() or not root else Path(root) / path
+
+
+def output_text(output: str | Path) -> str:
+    """The output folder for a message, with how a relative one was found."""
+    path = output_root(output)
+    if Path(output).is_absolute():
+        return str(path)
+    if os.environ.get("RECALL_ROOT"):
+        return f"{path} ($RECALL_ROOT + {output})"
+    return (f"{path.resolve()} ({output} from the current folder; set RECALL_ROOT to the project folder, or pass "
+            "output= the job's [output] path)")
+
+
 def published_dates(job: str, output: str | Path = "data/recall") -> list[str]:
     """Dates of `job` whose tables are all published, oldest first."""
-    return dates_of(JobDir(Path(output) / job))
+    return dates_of(JobDir(output_root(output) / job))
 
 
 def read_table(job: str, table: str = "u2i", date: str | None = None, output: str | Path = "data/recall",
                columns: list[str] | None = None) -> pd.DataFrame:
     """The `table` of `job` for `date` (default: the newest published date, from _LATEST).
 
-    `output` is the job spec's [output] path. Raises LookupError when nothing is published.
+    `output` is the job spec's [output] path; a relative one is taken from $RECALL_ROOT when set,
+    else from the current folder. Raises LookupError when nothing is published.
     """
     return read_arrow(job, table, date, output, columns).to_pandas()
 
@@ -48,7 +70,7 @@ def read_arrow(job: str, table: str = "u2i", date: str | None = None, output: st
         raise ValueError(f"bad job name {job!r}: letters, digits, '_' and '-' only")
     if date is not None:
         dt.date.fromisoformat(date)  # a date, not a path: ValueError otherwise
-    out = JobDir(Path(output) / job)
+    out = JobDir(output_root(output) / job)
     chosen = date or latest(out)
     deadline = time.monotonic() + SETTLE_S
     while chosen and (manifest := read_manifest(out, chosen)) is not None:
@@ -64,15 +86,23 @@ def read_arrow(job: str, table: str = "u2i", date: str | None = None, output: st
         else:
             time.sleep(0.02)  # a rerun is publishing this date: it settles in milliseconds
         chosen = date or latest(out)
+    problem = manifest_problem(out, chosen) if chosen else None
     if date is None:
-        # the newest date is half-republished by a run that died (the job's next run puts
-        # it back): serve the newest complete date meanwhile, never a mix
+        # the newest date is half-republished by a run that died, or its manifest holds garbage
+        # (the job's next run puts it back, or rebuilds it): serve the newest complete date
+        # meanwhile, never a mix
         dates = published_dates(job, output)
         if dates:
+            if problem:
+                warnings.warn(f"{job}: {problem}; serving {dates[-1]}, the newest date that reads whole (the job's "
+                              "next run rebuilds the manifest)", RuntimeWarning, stacklevel=3)
             return read_partition(out.partition(table, dates[-1]), columns, where)
+    if problem:
+        raise LookupError(f"{job} {chosen} cannot be read: {problem}; the job's next run rebuilds it from its "
+                          "tables' _SUCCESS markers (or rerun the date with --force)")
     if not chosen:
-        raise LookupError(f"nothing published for job {job} under {output}")
-    raise LookupError(f"{job} {chosen} is not published under {output}")
+        raise LookupError(f"nothing published for job {job} under {output_text(output)}")
+    raise LookupError(f"{job} {chosen} is not published under {output_text(output)}")
 
 
 def read_partition(folder: Path, columns: list[str] | None, where: pc.Expression | None = None) -> pa.Table:

@@ -135,6 +135,7 @@ class Manifest:
     gate: dict = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     published_at: str = ""
+    rebuilt: str = ""  # set when a run rebuilt a corrupt manifest from the tables' _SUCCESS markers
 
     @classmethod
     def from_dict(cls, data: dict) -> Manifest | None:
@@ -195,7 +196,13 @@ class RunRecord:
 
     @classmethod
     def from_dict(cls, data: dict) -> RunRecord | None:
+        """None for what is not a run record (a line of garbage, a torn line)."""
         try:
-            return cls(**_known(cls, data))
-        except TypeError:
+            record = cls(**_known(cls, data))
+            return dataclasses.replace(
+                record, date=str(record.date), run_id=str(record.run_id), status=str(record.status),
+                exit_code=int(record.exit_code), started=str(record.started or ""),
+                duration_s=float(record.duration_s or 0.0), forced=bool(record.forced), error=str(record.error or ""),
+                rows={str(k): int(v) for k, v in (record.rows or {}).items()})
+        except (TypeError, ValueError, AttributeError):
             return None

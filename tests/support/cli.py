@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,10 +19,23 @@ def environment(env: dict | None) -> dict:
     return full
 
 
-def run_cli(root: Path, *args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`python -m recall --root ROOT ARGS...` to its end."""
-    return subprocess.run([sys.executable, "-m", "recall", "--root", str(root), *args],
+def run_cli(root: Path, *args: str, timeout: float = 300, env: dict | None = None,
+            as_user: bool = False) -> subprocess.CompletedProcess:
+    """`python -m recall --root ROOT ARGS...` to its end; `as_user`: bound by file permissions
+    even when the tests run as root (see `unprivileged`)."""
+    cmd = [sys.executable, "-m", "recall", "--root", str(root), *args]
+    return subprocess.run(unprivileged(cmd) if as_user else cmd,
                           capture_output=True, text=True, timeout=timeout, env=environment(env), cwd=root)
+
+
+def unprivileged(cmd: list[str]) -> list[str]:
+    """`cmd` as a process that file permissions bind: as root (CI), through setpriv with the
+    capabilities that override them taken away; otherwise as it is."""
+    if os.geteuid() != 0:
+        return cmd
+    setpriv = shutil.which("setpriv")
+    assert setpriv, "setpriv (util-linux) is needed to run a command bound by file permissions as root"
+    return [setpriv, "--bounding-set=-dac_override,-dac_read_search,-fowner", *cmd]
 
 
 def start_cli(root: Path, *args: str, env: dict | None = None, output: Path | None = None) -> subprocess.Popen:
@@ -98,3 +112,42 @@ class LogTail:
 
     def has(self, fragment: str) -> bool:
         return fragment in self.text()
+
+
+def run_on_terminal(root: Path, *args: str, timeout: float = 300,
+                    columns: int = 120) -> subprocess.CompletedProcess:
+    """`recall ARGS...` with its stderr on a pseudo-terminal `columns` wide (as a person at a
+    terminal runs it), stdout piped; `.stderr` is what the terminal received, carriage returns
+    and all."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "recall", "--root", str(root), *args], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=slave, env=environment(None), cwd=root)
+    os.close(slave)
+    seen = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: the other end closed
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+            elif proc.poll() is not None:
+                break
+        stdout = proc.stdout.read().decode()
+        proc.wait(timeout=30)
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            kill(proc)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, seen.decode(errors="replace"))
