@@ -5,6 +5,7 @@ import datetime as dt
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,7 @@ INT_TEXT_RE = r"^(0|-?[1-9][0-9]{0,18})$"
 NUMBER_TEXT_RE = r"^[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$"
 FLOAT_MARK_RE = r"[.eE]"
 TEXT_SUFFIXES = (".csv", ".tsv", ".txt", ".dat")
+F = TypeVar("F")  # a file as a reader names it (a Path, a Hadoop path string)
 DEFAULT_OPTIONAL = {"time": "ts", "weight": "weight", "event": "event"}
 
 
@@ -122,10 +124,17 @@ def list_files(path: Path, spec: InputSection, window: Window) -> tuple[list[Pat
         p for p in path.rglob("*")
         if p.is_file() and not any(part.startswith(("_", ".")) for part in p.relative_to(path).parts)
     )
+    return choose_files([(f, f.relative_to(path).parts) for f in files], window)
+
+
+def choose_files(files: list[tuple[F, tuple[str, ...]]], window: Window) -> tuple[list[F], bool, list[str]]:
+    """The window's files among `files` (each with its path parts below the input folder, in
+    order), whether they are dt-partitioned, and window days with no partition. Shared by every
+    engine's reader, whatever its file system."""
     wanted = {d.isoformat() for d in window.dates()}
-    dated: list[tuple[Path, str | None]] = []
-    for file in files:
-        days = [m.group(1) for part in file.relative_to(path).parts[:-1] if (m := DT_RE.match(part))]
+    dated: list[tuple[F, str | None]] = []
+    for file, parts in files:
+        days = [m.group(1) for part in parts[:-1] if (m := DT_RE.match(part))]
         day = days[0] if days else None
         if day is not None:
             try:
@@ -270,7 +279,7 @@ def is_text(file: Path, spec: InputSection) -> bool:
     """Whether `file` is read as CSV: by the spec's format, else by its suffix."""
     if spec.format != "auto":
         return spec.format == "csv"
-    return file.suffix.lower() in TEXT_SUFFIXES
+    return Path(str(file)).suffix.lower() in TEXT_SUFFIXES
 
 
 def text_ids(arr: pa.Array, name: str, file: Path) -> pa.Array:

@@ -67,6 +67,8 @@ def check_spec(spec: JobSpec, source: str) -> None:
              "must be less than [job] lookback_days")
     need(0 < e.holdout_fraction < 1, "[evaluate] holdout_fraction", "must be within 0..1")
     need(e.k >= 1 and e.max_users >= 1, "[evaluate]", "k and max_users must be at least 1")
+    need(bool(spec.spark.master.strip()), "[spark] master", "must name a master (local[2], spark://..., yarn)")
+    need(spec.spark.users_per_task >= 0, "[spark] users_per_task", "must be >= 0 (0: automatic)")
     g = spec.gate
     need(0 <= g.max_recall_drop <= 1, "[gate] max_recall_drop", "must be within 0..1")
     need(g.min_rows >= 0, "[gate] min_rows", "must be >= 0")
