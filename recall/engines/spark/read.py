@@ -289,7 +289,7 @@ def read_window(spark: SparkSession, spec: JobSpec, window: Window, root: Path, 
     logger.info(f"reading {len(files)} file(s) of {where} with Spark")
     with timer.step("validate"):
         checked, labels = checks(frame, cols, src)
-        checked = checked.checkpoint(eager=True)
+        checked = checked.localCheckpoint(eager=True)
         report, rows_per_file = bad_rows(checked, labels, files)
     logger.info(f"read {report.total_rows} rows from {len(files)} file(s)"
                 + (f"; no data for {', '.join(missing)}" if missing else ""))
@@ -307,7 +307,7 @@ def read_window(spark: SparkSession, spec: JobSpec, window: Window, root: Path, 
         items = IdMap(pa.array(items_frame.orderBy("i").select("item_id").toArrow().column(0).combine_chunks()))
         encoded = (good.join(users, "user_id").join(items_frame, "item_id")
                    .select("u", "i", "ts", "w", "_row").withColumnRenamed("_row", "row")
-                   .checkpoint(eager=True))
+                   .localCheckpoint(eager=True))
         blocked = blocked_items(items, load_blocklist(spec, root), spec.source)
     reads = [FileRead(shown(f), rows_per_file.get(i, 0)) for i, f in enumerate(files)]
     check_catalogue(n_items, blocked, report.total_rows, reads[0].path)
@@ -400,7 +400,7 @@ def dense_index(frame: DataFrame, key: str, name: str) -> tuple[DataFrame, int]:
     ordered = (frame.select(key).distinct().repartitionByRange(key).sortWithinPartitions(key)
                .withColumn("_pid", F.spark_partition_id())
                .withColumn("_pos", F.monotonically_increasing_id() - (F.col("_pid").cast("bigint") * (1 << 33)))
-               .checkpoint(eager=True))
+               .localCheckpoint(eager=True))
     sizes = {r["_pid"]: r["n"] for r in ordered.groupBy("_pid").agg(F.count(F.lit(1)).alias("n")).collect()}
     offsets, total = {}, 0
     for pid in sorted(sizes):

@@ -99,12 +99,15 @@ def spark_session(options: SparkSection, app: str, jvm_log: Path) -> tuple[Spark
         # a local run shuffles little: a few partitions per core instead of 200 empty tasks
         conf["spark.sql.shuffle.partitions"] = str(max(2, 2 * cores))
         conf["spark.default.parallelism"] = str(max(2, 2 * cores))
-    conf["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile=file:{log_config(jvm_log)}"
     conf.update(options.conf)
+    java = conf.get("spark.driver.extraJavaOptions", "")  # the spec's Java options keep ours
+    conf["spark.driver.extraJavaOptions"] = f"{java} -Dlog4j2.configurationFile=file:{log_config(jvm_log)}".strip()
     settings = SparkConf().setMaster(options.master).setAppName(app).setAll(list(conf.items()))
     # the JVM (and the local Python workers it starts) write to the Spark log, not to our stderr:
     # the JVM's own notes (incubator modules, native BLAS lookups) would break the one-line rule
-    with open(jvm_log, "a") as sink:
-        gateway = launch_gateway(settings, popen_kwargs={"stdout": sink, "stderr": sink})
+    gateway = None
+    if SparkContext._gateway is None:  # a process starts one JVM; a later session reuses it
+        with open(jvm_log, "a") as sink:
+            gateway = launch_gateway(settings, popen_kwargs={"stdout": sink, "stderr": sink})
     context = SparkContext(conf=settings, gateway=gateway)
     return SparkSession(context), True

@@ -1,0 +1,188 @@
+"""`python -m bench.spark [--size reference] [--masters local[1],local[2]]`: the Spark engine against
+the local engine on the same generated log and spec, step by step.
+
+Each configuration runs in a fresh process (one JVM per master, no warm JIT carried over): the
+engine's own steps in the nightly run's order (prepare, train, u2i, i2i, popular, then seal and
+publish), timed by the run's Timer. Printed: wall time per step, the Spark engine's speed-up from
+one core to two, and its ratio to the local engine, step by step; written as JSON too.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench import gen
+from bench.measure import cpu_model, machine_busy
+
+RUN_DATE = dt.date(2026, 11, 20)
+STEPS = ("prepare", "train", "u2i", "i2i", "popular", "publish")
+SPEC = """\
+[job]
+name = "bench_spark"
+lookback_days = {days}
+engine = "{engine}"
+
+[input]
+path = "{log}"
+event_weights = {{ view = 1.0, click = 3.0, purchase = 10.0 }}
+
+[model]
+factors = {factors}
+iterations = {iterations}
+threads = {threads}
+
+[recall.u2i]
+k = {k}
+search = "exact"
+sources = ["als"]
+
+[recall.i2i]
+k = 50
+
+[evaluate]
+holdout_days = 0
+
+[output]
+path = "{out}"
+
+[log]
+dir = "{logs}"
+
+[spark]
+master = "{master}"
+"""
+
+
+def one(engine: str, master: str, size: str, factors: int, iterations: int, threads: int, k: int, work: Path) -> dict:
+    """One configuration, in this process: the engine's steps, timed."""
+    from recall import engines
+    from recall.ingest.window import Window
+    from recall.jobs import load_job
+    from recall.sources import spec_blend
+    from recall.store.commit import Publication
+    from recall.store.layout import JobDir
+    from recall.store.records import Manifest, TableInfo
+    from recall.timer import Timer
+
+    shape = gen.SIZES[size]
+    root = work.resolve() / size
+    tag = f"{engine}-{master.replace('[', '').replace(']', '')}"
+    spec_path = root / f"bench-{tag}.toml"
+    out = root / f"out-{tag}"
+    shutil.rmtree(out, ignore_errors=True)
+    spec_path.write_text(SPEC.format(days=shape.days, engine=engine, log=root / "log", factors=factors,
+                                     iterations=iterations, threads=threads, k=k, out=out, logs=root / "logs",
+                                     master=master))
+    spec = load_job(spec_path)
+    job = JobDir(out / spec.name)
+    job.root.mkdir(parents=True, exist_ok=True)
+    publication = Publication(job, "bench-" + time.strftime("%Y%m%dT%H%M%S"), RUN_DATE.isoformat())
+    window = Window(RUN_DATE, spec.job.lookback_days, spec.job.timezone)
+    timer, how = Timer(), spec_blend(spec)
+    busy0, total0 = machine_busy()
+    start = time.perf_counter()
+    with timer.step("start"):
+        engine_ = engines.create(spec, root, threads)
+    with engine_:
+        with timer.step("prepare"):
+            data = engine_.prepare(window, timer)
+        with timer.step("train"):
+            model = engine_.fit(data, how, timer)
+        search = engine_.write_tables(model, how, publication, timer)
+        with timer.step("publish"):
+            tables = {name: publication.seal(name) for name in ("u2i", "i2i", "popular")}
+            manifest = Manifest(job=spec.name, date=publication.date, run_id=publication.run_id, engine=engine,
+                                search=search, tables={n: TableInfo(m.rows, m.files) for n, m in tables.items()},
+                                timings=timer.timings)
+            publication.publish(manifest, spec.output.keep_days)
+        stats = engine_.input_stats(data)
+    wall = time.perf_counter() - start
+    busy1, total1 = machine_busy()
+    return {"engine": engine, "master": master, "wall_s": round(wall, 2), "steps": timer.timings,
+            "rows": {n: m.rows for n, m in tables.items()}, "users": stats.users, "items": stats.items,
+            "interactions": stats.interactions,
+            # cores the whole machine kept busy meanwhile (this run's JVM and workers included)
+            "machine_busy_cores": round((busy1 - busy0) / max(total1 - total0, 1e-9) * (os.cpu_count() or 1), 2)}
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a and b else None
+
+
+def report(results: list[dict]) -> tuple[str, dict]:
+    local = next((r for r in results if r["engine"] == "local"), None)
+    spark = {r["master"]: r for r in results if r["engine"] == "spark"}
+    names = [("local", local)] + [(f"spark {m}", r) for m, r in spark.items()]
+    rows = [["step", *[n for n, r in names if r]]]
+    for step in ("start", *STEPS):
+        rows.append([step, *[f"{r['steps'].get(step, 0):.1f}" for _, r in names if r]])
+    rows.append(["total", *[f"{r['wall_s']:.1f}" for _, r in names if r]])
+    rows.append(["machine busy (cores)", *[f"{r['machine_busy_cores']:.2f}" for _, r in names if r]])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join([row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]) for row in rows]
+    summary: dict = {}
+    one_core, two = spark.get("local[1]"), spark.get("local[2]")
+    if one_core and two:
+        summary["speedup_1_to_2_cores"] = {s: ratio(one_core["steps"].get(s), two["steps"].get(s))
+                                           for s in ("prepare", "train", "u2i", "i2i")}
+        summary["speedup_1_to_2_cores"]["total"] = ratio(one_core["wall_s"], two["wall_s"])
+    if local and two:
+        summary["spark_local2_over_local"] = {s: ratio(two["steps"].get(s), local["steps"].get(s))
+                                              for s in ("prepare", "train", "u2i", "i2i", "publish")}
+        summary["spark_local2_over_local"]["total"] = ratio(two["wall_s"], local["wall_s"])
+    lines += ["", f"speed-up of the Spark engine from local[1] to local[2]: {summary.get('speedup_1_to_2_cores')}",
+              f"Spark local[2] time / local engine time: {summary.get('spark_local2_over_local')}"]
+    return "\n".join(lines), summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.spark", description=__doc__)
+    p.add_argument("--size", choices=sorted(gen.SIZES), default="reference")
+    p.add_argument("--masters", default="local[1],local[2]", help="Spark masters to run, comma-separated")
+    p.add_argument("--no-local", action="store_true", help="skip the local engine")
+    p.add_argument("--threads", type=int, default=2, help="the local engine's threads (and the driver's)")
+    p.add_argument("--factors", type=int, default=64)
+    p.add_argument("--iterations", type=int, default=10)
+    p.add_argument("-k", type=int, default=100)
+    p.add_argument("--work", type=Path, default=Path("data/bench"))
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--one", nargs=2, metavar=("ENGINE", "MASTER"), help=argparse.SUPPRESS)
+    a = p.parse_args(sys.argv[1:] if argv is None else argv)
+    if a.one:
+        print(json.dumps(one(a.one[0], a.one[1], a.size, a.factors, a.iterations, a.threads, a.k, a.work)))
+        return 0
+    gen.generate(a.work.resolve() / a.size / "log", RUN_DATE, gen.SIZES[a.size])
+    configs = ([] if a.no_local else [("local", "local")]) + [("spark", m) for m in a.masters.split(",") if m]
+    results = []
+    for engine, master in configs:
+        cmd = [sys.executable, "-m", "bench.spark", "--size", a.size, "--threads", str(a.threads), "--factors",
+               str(a.factors), "--iterations", str(a.iterations), "-k", str(a.k), "--work", str(a.work),
+               "--one", engine, master]
+        print(f"running {engine} {master}...", file=sys.stderr, flush=True)
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            print(done.stderr, file=sys.stderr)
+            return done.returncode
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    text, summary = report(results)
+    shape = results[0]
+    print(f"size {a.size}: {shape['users']} users x {shape['items']} items, {shape['interactions']} interactions; "
+          f"{a.factors} factors, {a.iterations} iterations, k {a.k}, sources [als], exact search; {cpu_model()}")
+    print(text)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    path = a.json or Path("bench/results") / f"spark-{a.size}-{stamp}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"results": results, "summary": summary}, indent=1) + "\n")
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
