@@ -13,6 +13,7 @@ from urllib.parse import unquote
 import numpy as np
 import pyarrow as pa
 from loguru import logger
+from py4j.protocol import Py4JJavaError
 from pyspark.errors import PySparkException
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -29,6 +30,7 @@ from recall.model.matrix import IdMap
 from recall.spec.sections import InputSection, JobSpec
 from recall.timer import Timer
 
+SPARK_ERRORS = (PySparkException, Py4JJavaError)  # what Spark raises for a file it cannot read
 SCALE = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": 0.001}
 INTEGRAL = (T.LongType, T.IntegerType, T.ShortType, T.ByteType)
 
@@ -90,10 +92,12 @@ def list_window(spark: SparkSession, spec: InputSection, window: Window, root: P
             full = entry.getPath().toString()
             parts = tuple(full[len(base) + 1:].split("/"))
             if not any(p.startswith(("_", ".")) for p in parts):
-                found.append((full, parts))
+                found.append((shown(full), parts))  # messages name files as the local reader does
                 sizes[full] = entry.getLen()
         found.sort(key=lambda f: f[1])
+        uris = {shown(uri): uri for uri in sizes}
         chosen, partitioned, missing = choose_files(found, window)
+        chosen = [uris[f] for f in chosen]
     if not chosen:
         raise InputError(f"no input files for window {window.start}..{window.run_date} under {name}")
     if partitioned and spec.require_run_date and window.run_date.isoformat() in missing:
@@ -133,7 +137,7 @@ def read_files(spark: SparkSession, files: list[str], spec: InputSection) -> Dat
         if csv:
             frames.append(spark.read.options(header=True, sep=spec.csv_delimiter, inferSchema=False,
                                              enforceSchema=False, mode="PERMISSIVE").csv(csv))
-    except PySparkException as exc:
+    except SPARK_ERRORS as exc:
         raise unreadable(spark, exc, parquet, csv, spec) from None
     if len(frames) == 2 and set(frames[0].columns) != set(frames[1].columns):
         raise InputError(f"CSV and Parquet files of one input have different columns: {shown(csv[0])}, "
@@ -150,7 +154,7 @@ def unreadable(spark: SparkSession, exc: Exception, parquet: list[str], csv: lis
     for f in parquet:
         try:
             schema = spark.read.parquet(f).schema
-        except PySparkException as one:
+        except SPARK_ERRORS as one:
             return InputError(f"cannot read parquet file {shown(f)}: {first_line(one)}")
         for col in (spec.user_col, spec.item_col):
             if col in schema.names:
@@ -167,6 +171,38 @@ def unreadable(spark: SparkSession, exc: Exception, parquet: list[str], csv: lis
 def first_line(exc: Exception) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def check_columns(spark: SparkSession, raw: DataFrame, cols, files: list[str], src: InputSection) -> None:
+    """Each file holds every column used: a Parquet file without one reads as nulls once the
+    schemas are merged, so files whose column is all null have their footer looked at."""
+    present = cols.present().values()
+    counts = per_file(raw, {"rows": F.count(F.lit(1)), **{f"n{j}": F.count(F.col(f"`{c}`"))
+                                                          for j, c in enumerate(present)}})
+    suspects = sorted(i for i, s in counts.items()
+                      if s["rows"] and any(s[f"n{j}"] == 0 for j in range(len(present))))
+    for i in suspects:
+        if is_text(PurePosixPath(files[i]), src):
+            continue
+        names = footer_columns(spark, files[i])
+        for name in present:
+            if name not in names:
+                if i == 0 and name in (cols.user, cols.item):
+                    raise InputError(f"missing id column {name!r} in {shown(files[0])} (columns: {', '.join(names)})")
+                raise InputError(f"missing column {name!r} in {shown(files[i])} (present in {shown(files[0])})")
+
+
+def footer_columns(spark: SparkSession, uri: str) -> list[str]:
+    """The top-level columns of a Parquet file, from its footer (read on the driver)."""
+    jvm = spark.sparkContext._jvm
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    reader = jvm.org.apache.parquet.hadoop.ParquetFileReader.open(
+        jvm.org.apache.parquet.hadoop.util.HadoopInputFile.fromPath(jvm.org.apache.hadoop.fs.Path(uri), conf))
+    try:
+        fields = reader.getFooter().getFileMetaData().getSchema().getFields()
+        return [fields.get(j).getName() for j in range(fields.size())]
+    finally:
+        reader.close()
 
 
 class Schema:
@@ -188,6 +224,13 @@ def id_column(data: DataFrame, name: str, files: list[str], spec: InputSection) 
     kind = data.schema[name].dataType
     first = shown(files[0])
     col = F.col(f"`{name}`")
+    if isinstance(kind, T.DecimalType) and (kind.precision, kind.scale) == (20, 0):
+        # Parquet's unsigned 64-bit integers, as Spark reads them
+        over = per_file(data, {"over": F.count_if(col > F.lit(2**63 - 1))})
+        for i in sorted(over):
+            if over[i]["over"]:
+                raise InputError(f"id column {name!r} in {shown(files[i])} has values beyond int64")
+        return col.cast("bigint")
     if isinstance(kind, (T.FloatType, T.DoubleType, T.DecimalType)):
         raise InputError(f"floating-point ids refused: column {name!r} in {first} is {arrow_name(kind)} "
                          "(ids above 2^53 lose precision); write ids as integers or strings")
@@ -278,6 +321,7 @@ def read_window(spark: SparkSession, spec: JobSpec, window: Window, root: Path, 
         files, partitioned, missing, where = list_window(spark, src, window, root)
         raw = read_files(spark, files, src).withColumn("_row", F.monotonically_increasing_id())
         cols = resolve_columns(src, Schema([c for c in raw.columns if not c.startswith("_")]), shown(files[0]))
+        check_columns(spark, raw, cols, files, src)
         user = id_column(raw, cols.user, files, src)
         item = id_column(raw, cols.item, files, src)
         frame = raw.select(F.col("_file"), F.col("_row"), user.alias("user_id"), item.alias("item_id"),
