@@ -43,6 +43,10 @@ def local_cores(master: str) -> int | None:
     return None
 
 
+def physical_gb() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**30
+
+
 def java_home() -> str | None:
     """JAVA_HOME, else the JDK of `java` on PATH, else a Java 17 under /usr/lib/jvm."""
     if os.environ.get("JAVA_HOME"):
@@ -99,6 +103,8 @@ def spark_session(options: SparkSection, app: str, jvm_log: Path) -> tuple[Spark
         # a local run shuffles little: a few partitions per core instead of 200 empty tasks
         conf["spark.sql.shuffle.partitions"] = str(max(2, 2 * cores))
         conf["spark.default.parallelism"] = str(max(2, 2 * cores))
+        # the driver is the executor: a quarter of the machine's memory instead of Spark's 1g
+        conf["spark.driver.memory"] = f"{max(1, physical_gb() // 4)}g"
     conf.update(options.conf)
     java = conf.get("spark.driver.extraJavaOptions", "")  # the spec's Java options keep ours
     conf["spark.driver.extraJavaOptions"] = f"{java} -Dlog4j2.configurationFile=file:{log_config(jvm_log)}".strip()
