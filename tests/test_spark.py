@@ -19,14 +19,13 @@ import pytest
 
 from recall.contract import u2i_violations
 from recall.engines import create
-from recall.engines.spark.session import spark_session
 from recall.engines.spark.train import als_settings
 from recall.errors import InputError
 from recall.ingest.window import Window
 from recall.jobs import load_job
 from recall.run.nightly import RunOptions, run_job
 from recall.sources import NAMES
-from recall.spec.sections import ModelSection, SparkSection
+from recall.spec.sections import ModelSection
 from recall.timer import Timer
 from tests.support.cli import LogTail, wait_for
 from tests.support.crash import after_crash, killed, next_runs_succeed
@@ -35,19 +34,6 @@ from tests.support.failures import assert_refused, assert_untouched
 from tests.support.files import manifest, out_dir, published_files, success_markers, table
 from tests.support.project import DATE, FORCED, RUN_DATE
 from tests.test_reliability_input import CASES
-
-QUICK_JVM = {"spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1"}
-
-
-@pytest.fixture(scope="module")
-def spark(tmp_path_factory):
-    """One local[2] session for this module's in-process runs."""
-    session, owned = spark_session(SparkSection(master="local[2]", conf=QUICK_JVM), "recall tests",
-                                   tmp_path_factory.mktemp("spark") / "spark.log")
-    yield session
-    if owned:
-        session.stop()
-
 
 def spark_spec(root: Path, *overrides: str):
     return load_job(root / "jobs" / "small.toml", ['job.engine="spark"', 'spark.master="local[2]"', *overrides])

@@ -2,6 +2,8 @@
 be paused, signalled or killed."""
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import select
 import signal
@@ -22,6 +24,17 @@ def run_cli(root: Path, *args: str, timeout: float = 300, env: dict | None = Non
     """`python -m recall --root ROOT ARGS...` to its end."""
     return subprocess.run([sys.executable, "-m", "recall", "--root", str(root), *args],
                           capture_output=True, text=True, timeout=timeout, env=environment(env), cwd=root)
+
+
+def run_in_process(root: Path, *args: str) -> subprocess.CompletedProcess:
+    """`recall --root ROOT ARGS...` through the CLI's own main() in this process (stdout and
+    stderr captured): what an engine on a session shared by the tests needs."""
+    from recall.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["--root", str(root), *args])
+    return subprocess.CompletedProcess(["recall", *args], code, out.getvalue(), err.getvalue())
 
 
 def start_cli(root: Path, *args: str, env: dict | None = None, output: Path | None = None) -> subprocess.Popen:

@@ -11,6 +11,7 @@ ENGINES = ["local", "spark"]
 # parity test runs the holdout on Spark).
 SPARK = ["--set", 'spark.master="local[2]"', "--set", "evaluate.holdout_days=0",
          "--set", 'spark.conf={"spark.driver.extraJavaOptions" = "-XX:TieredStopAtLevel=1"}']
+QUICK_JVM = {"spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1"}
 
 
 def engine_args(engine: str) -> list[str]:
