@@ -107,7 +107,7 @@ def one(engine: str, master: str, size: str, factors: int, iterations: int, thre
     busy1, total1 = machine_busy()
     return {"engine": engine, "master": master, "wall_s": round(wall, 2), "steps": timer.timings,
             "rows": {n: m.rows for n, m in tables.items()}, "users": stats.users, "items": stats.items,
-            "interactions": stats.interactions,
+            "interactions": stats.interactions, "rows_read": stats.rows,
             # cores the whole machine kept busy meanwhile (this run's JVM and workers included)
             "machine_busy_cores": round((busy1 - busy0) / max(total1 - total0, 1e-9) * (os.cpu_count() or 1), 2)}
 
@@ -142,6 +142,44 @@ def report(results: list[dict]) -> tuple[str, dict]:
     return "\n".join(lines), summary
 
 
+# The cluster the sizing model is for (README, "Sizing a cluster"): 100M users x 10M items x 10B
+# interactions, and a cluster of 50 executors of 8 cores.
+TARGET = {"users": 100e6, "items": 10e6, "rows": 10e9, "pairs": 9e9, "executors": 50, "cores": 8,
+          "probe_share": 0.05}
+
+
+def sizing(one_core: dict, iterations: int, factors: int, k: int) -> dict:
+    """Per-row costs measured on local[1] (wall seconds there are core-seconds), scaled to TARGET.
+
+    prepare: per input row. ALS: per unit of its work, 2 nnz f^2 (each rating's outer product, both
+    half-steps) + (users + items) f^3 / 3 (a Cholesky per row), per iteration. u2i: per user x item
+    scored (exact search; on the target an IVF search scoring `probe_share` of the items), the
+    blend, the check and the writing included. The item side: what the kernel holds per item.
+    """
+    t, st = TARGET, one_core["steps"]
+    users, items, pairs = one_core["users"], one_core["items"], one_core["interactions"]
+    rows_read = one_core["rows_read"]
+    als_work = iterations * (2 * pairs * factors**2 + (users + items) * factors**3 / 3)
+    per = {"prepare_per_row": st["prepare"] / rows_read,
+           "als_per_unit": st.get("train.als_fit", st["train"]) / als_work,
+           "u2i_per_user_item": st["u2i"] / (users * items),
+           "u2i_rows_per_core_s": one_core["rows"]["u2i"] / st["u2i"]}
+    cores = t["executors"] * t["cores"]
+    target_als = iterations * (2 * t["pairs"] * factors**2 + (t["users"] + t["items"]) * factors**3 / 3)
+    core_s = {"prepare": per["prepare_per_row"] * t["rows"],
+              "als": per["als_per_unit"] * target_als,
+              "u2i": per["u2i_per_user_item"] * t["users"] * t["items"] * t["probe_share"]}
+    side_gb = t["items"] * (factors * 4 + 50 * 12 + 2 * 12 + 1) / 2**30  # index vectors, neighbours, rankings
+    return {"per_row": {k_: float(f"{v:.3g}") for k_, v in per.items()},
+            "target": t, "cores": cores,
+            "core_hours": {k_: round(v / 3600, 1) for k_, v in core_s.items()},
+            "wall_minutes_on_cluster": {k_: round(v / cores / 60, 1) for k_, v in core_s.items()},
+            "item_side_gb": round(side_gb, 1),
+            "ratings_gb": round(t["pairs"] * 12 / 2**30, 1),
+            "factors_gb": round((t["users"] + t["items"]) * factors * 4 / 2**30, 1),
+            "u2i_rows": t["users"] * k}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.spark", description=__doc__)
     p.add_argument("--size", choices=sorted(gen.SIZES), default="reference")
@@ -172,10 +210,15 @@ def main(argv: list[str] | None = None) -> int:
             return done.returncode
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
     text, summary = report(results)
+    one_core = next((r for r in results if r["master"] == "local[1]"), None)
+    if one_core:
+        summary["sizing"] = sizing(one_core, a.iterations, a.factors, a.k)
     shape = results[0]
     print(f"size {a.size}: {shape['users']} users x {shape['items']} items, {shape['interactions']} interactions; "
           f"{a.factors} factors, {a.iterations} iterations, k {a.k}, sources [als], exact search; {cpu_model()}")
     print(text)
+    if "sizing" in summary:
+        print(f"sizing model (per-row costs on local[1], scaled): {json.dumps(summary['sizing'], indent=1)}")
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     path = a.json or Path("bench/results") / f"spark-{a.size}-{stamp}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
