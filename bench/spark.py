@@ -60,6 +60,51 @@ master = "{master}"
 """
 
 
+CLOCK = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu(root: int) -> float:
+    """CPU seconds of `root` and every live process under it (the JVM, the Python workers), with
+    what the children they reaped used: how much of the machine this run took, whatever else ran."""
+    stats = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            stats[int(entry)] = (int(fields[1]), sum(int(x) for x in fields[11:15]))
+    total, frontier = 0, [root]
+    while frontier:
+        total += sum(stats[p][1] for p in frontier if p in stats)
+        frontier = [p for p, (ppid, _) in stats.items() if ppid in frontier]
+    return total / CLOCK
+
+
+def tree_timer():
+    """A Timer whose steps also record the CPU seconds of the whole process tree."""
+    from contextlib import contextmanager
+
+    from recall.timer import Timer
+
+    class TreeTimer(Timer):
+        tree: dict
+
+        @contextmanager
+        def step(self, name: str, quiet: bool = False):
+            full = ".".join([*self._open, name])
+            start = tree_cpu(os.getpid())
+            try:
+                with super().step(name, quiet):
+                    yield
+            finally:
+                self.tree[full] = round(self.tree.get(full, 0.0) + tree_cpu(os.getpid()) - start, 2)
+
+    timer = TreeTimer()
+    timer.tree = {}
+    return timer
+
+
 def one(engine: str, master: str, size: str, factors: int, iterations: int, threads: int, k: int, work: Path) -> dict:
     """One configuration, in this process: the engine's steps, timed."""
     from recall import engines
@@ -69,8 +114,6 @@ def one(engine: str, master: str, size: str, factors: int, iterations: int, thre
     from recall.store.commit import Publication
     from recall.store.layout import JobDir
     from recall.store.records import Manifest, TableInfo
-    from recall.timer import Timer
-
     shape = gen.SIZES[size]
     root = work.resolve() / size
     tag = f"{engine}-{master.replace('[', '').replace(']', '')}"
@@ -85,7 +128,7 @@ def one(engine: str, master: str, size: str, factors: int, iterations: int, thre
     job.root.mkdir(parents=True, exist_ok=True)
     publication = Publication(job, "bench-" + time.strftime("%Y%m%dT%H%M%S"), RUN_DATE.isoformat())
     window = Window(RUN_DATE, spec.job.lookback_days, spec.job.timezone)
-    timer, how = Timer(), spec_blend(spec)
+    timer, how = tree_timer(), spec_blend(spec)
     busy0, total0 = machine_busy()
     start = time.perf_counter()
     with timer.step("start"):
@@ -106,6 +149,7 @@ def one(engine: str, master: str, size: str, factors: int, iterations: int, thre
     wall = time.perf_counter() - start
     busy1, total1 = machine_busy()
     return {"engine": engine, "master": master, "wall_s": round(wall, 2), "steps": timer.timings,
+            "cpu_s": timer.tree,
             "rows": {n: m.rows for n, m in tables.items()}, "users": stats.users, "items": stats.items,
             "interactions": stats.interactions, "rows_read": stats.rows,
             # cores the whole machine kept busy meanwhile (this run's JVM and workers included)
@@ -120,10 +164,13 @@ def report(results: list[dict]) -> tuple[str, dict]:
     local = next((r for r in results if r["engine"] == "local"), None)
     spark = {r["master"]: r for r in results if r["engine"] == "spark"}
     names = [("local", local)] + [(f"spark {m}", r) for m, r in spark.items()]
-    rows = [["step", *[n for n, r in names if r]]]
+    rows = [["wall s", *[n for n, r in names if r]]]
     for step in ("start", *STEPS):
         rows.append([step, *[f"{r['steps'].get(step, 0):.1f}" for _, r in names if r]])
     rows.append(["total", *[f"{r['wall_s']:.1f}" for _, r in names if r]])
+    rows.append(["", *["" for _, r in names if r]])
+    for step in ("prepare", "train", "u2i", "i2i"):
+        rows.append([f"{step}: cpu s (cores)", *[f"{r['cpu_s'].get(step, 0):.1f} ({r['cpu_s'].get(step, 0) / max(r['steps'].get(step, 0), 1e-9):.2f})" for _, r in names if r]])
     rows.append(["machine busy (cores)", *[f"{r['machine_busy_cores']:.2f}" for _, r in names if r]])
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join([row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]) for row in rows]
