@@ -1,7 +1,8 @@
 """`python -m bench.spark [--size reference] [--masters local[1],local[2]]`: the Spark engine against
 the local engine on the same generated log and spec, step by step.
 
-Each configuration runs in a fresh process (one JVM per master, no warm JIT carried over): the
+Each configuration runs in a fresh process (one JVM per master, no warm JIT carried over; a
+local[N] master pinned to N cores with its whole process tree): the
 engine's own steps in the nightly run's order (prepare, train, u2i, i2i, popular, then seal and
 publish), timed by the run's Timer. Printed: wall time per step, the Spark engine's speed-up from
 one core to two, and its ratio to the local engine, step by step; written as JSON too.
@@ -108,6 +109,7 @@ def tree_timer():
 def one(engine: str, master: str, size: str, factors: int, iterations: int, threads: int, k: int, work: Path) -> dict:
     """One configuration, in this process: the engine's steps, timed."""
     from recall import engines
+    from recall.engines.spark.session import local_cores
     from recall.ingest.window import Window
     from recall.jobs import load_job
     from recall.sources import spec_blend
@@ -124,6 +126,11 @@ def one(engine: str, master: str, size: str, factors: int, iterations: int, thre
                                      iterations=iterations, threads=threads, k=k, out=out, logs=root / "logs",
                                      master=master))
     spec = load_job(spec_path)
+    cores = local_cores(master)
+    if engine == "spark" and cores and cores < len(os.sched_getaffinity(0)):
+        # local[N] on N cores: the driver, the JVM and the Python workers inherit the affinity, so
+        # "one core" is one core (a local[1] JVM otherwise also runs its threads on the other)
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:cores])
     job = JobDir(out / spec.name)
     job.root.mkdir(parents=True, exist_ok=True)
     publication = Publication(job, "bench-" + time.strftime("%Y%m%dT%H%M%S"), RUN_DATE.isoformat())
