@@ -55,7 +55,7 @@ def test_dotdot_in_any_spec_path_is_refused(key, value, tmp_path, small_log, cli
 def test_dotdot_in_the_spec_file_is_refused(tmp_path, small_log, cli):
     root = project(tmp_path, small_log)
     spec = root / "jobs" / "small.toml"
-    spec.write_text(spec.read_text() + '\n[output]\npath = "../../escaped"\n')
+    spec.write_text(spec.read_text().replace("[output]\n", '[output]\npath = "../../escaped"\n'))  # its own table
     before = tree(tmp_path)
     res = cli(root, "run", "small", "--date", DATE)
     record("safety: [output] path = '../../escaped' in the spec file", res)
