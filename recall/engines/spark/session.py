@@ -107,7 +107,8 @@ def spark_session(options: SparkSection, app: str, jvm_log: Path) -> tuple[Spark
         conf["spark.driver.memory"] = f"{max(1, physical_gb() // 4)}g"
     conf.update(options.conf)
     java = conf.get("spark.driver.extraJavaOptions", "")  # the spec's Java options keep ours
-    conf["spark.driver.extraJavaOptions"] = f"{java} -Dlog4j2.configurationFile=file:{log_config(jvm_log)}".strip()
+    log4j = log_config(jvm_log)
+    conf["spark.driver.extraJavaOptions"] = f"{java} -Dlog4j2.configurationFile=file:{log4j}".strip()
     settings = SparkConf().setMaster(options.master).setAppName(app).setAll(list(conf.items()))
     # the JVM (and the local Python workers it starts) write to the Spark log, not to our stderr:
     # the JVM's own notes (incubator modules, native BLAS lookups) would break the one-line rule
@@ -116,4 +117,5 @@ def spark_session(options: SparkSection, app: str, jvm_log: Path) -> tuple[Spark
         with open(jvm_log, "a") as sink:
             gateway = launch_gateway(settings, popen_kwargs={"stdout": sink, "stderr": sink})
     context = SparkContext(conf=settings, gateway=gateway)
+    os.unlink(log4j)  # read once, when the JVM started
     return SparkSession(context), True
