@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from urllib.parse import unquote
 
 import numpy as np
 import pyarrow as pa
@@ -22,7 +21,7 @@ from pyspark.sql.window import Window as W
 
 from recall.errors import InputError
 from recall.ingest.prepare import InputStats, blocked_items, check_catalogue, load_blocklist
-from recall.ingest.read import (DEFAULT_OPTIONAL, FLOAT_MARK_RE, INT_TEXT_RE, NUMBER_TEXT_RE, FileRead,
+from recall.ingest.read import (FLOAT_MARK_RE, INT_TEXT_RE, NUMBER_TEXT_RE, FileRead,
                                 choose_files, is_text, resolve_columns)
 from recall.ingest.validate import BadRows, refuse_if_too_bad
 from recall.ingest.window import Window
