@@ -94,12 +94,15 @@ class SparkEngine(Engine):
             writer.close()
         return model.search
 
-    def holdout(self, data: SparkWindow, timer: Timer) -> HoldoutSet | None:
-        """The local engine's split on Spark, a model fitted on its training part; the sampled
-        evaluated users (their factors, seen and recent items) and their held-out pairs are
-        collected to the driver, where the shared scoring takes over."""
-        spec, e = self.spec, self.spec.evaluate
-        end_us = data.window.bounds_us()[1]
+    def holdout(self, data: SparkWindow, timer: Timer, sources: tuple[str, ...] | None = None,
+                spec: JobSpec | None = None) -> HoldoutSet | None:
+        """The local engine's split on Spark, `sources` (default the spec's) fitted on its training
+        part with `spec`'s settings (default the engine's); the sampled evaluated users (their
+        factors, seen and recent items) and their held-out pairs are collected to the driver, where
+        the shared scoring takes over."""
+        spec = spec or self.spec
+        e = spec.evaluate
+        sources = tuple(sources or spec.recall.u2i.sources)
         frame, description, cutoff_us = held_out(data, spec)
         if frame is None:
             return None
@@ -128,7 +131,7 @@ class SparkEngine(Engine):
             return None
         evaluated = sample(users, e.max_users, spec.model.random_state)
         model = fit_model(self.spark, Interactions(encoded, n_users, n_items, data.timed), spec, cutoff_us, allowed,
-                          tuple(spec.recall.u2i.sources), self.threads, timer, with_i2i=False)
+                          sources, self.threads, timer, with_i2i=False)
         self.cached.append(model.users)
         chosen = self.spark.createDataFrame([(int(u),) for u in evaluated], "tu int")
         pairs = fresh.join(F.broadcast(chosen), "tu").toArrow()
