@@ -7,8 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from bench import gen
-from bench.run import Options, Result, run
+from bench import gen, whole
+from bench.run import RUN_DATE, Options, Result, run
 from recall.versions import library_versions
 
 RESULTS = Path("bench/results")
@@ -21,17 +21,22 @@ def parse(argv: list[str]) -> tuple[Options, Path]:
                    help="u2i search mode (default: both, except approx for large)")
     p.add_argument("--threads", type=int, default=2, help="job threads (model.threads); 0 = all cores")
     p.add_argument("--factors", type=int, default=64)
-    p.add_argument("--iterations", type=int, default=15)
+    p.add_argument("--iterations", type=int, default=10)
     p.add_argument("-k", type=int, default=100, help="u2i k")
     p.add_argument("--peers", action=argparse.BooleanOptionalAction, default=None,
                    help="run implicit and the bare product on the same factors (default: yes, except for large)")
     p.add_argument("--work", type=Path, default=Path("data/bench"), help="generated logs and outputs")
     p.add_argument("--json", type=Path, default=None, help=f"result file (default: {RESULTS}/SIZE-TIME.json)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a spec key")
+    p.add_argument("--whole", action=argparse.BooleanOptionalAction, default=None,
+                   help="also time whole `recall run`s against the script a user would write (default: yes, "
+                        "except for large)")
+    p.add_argument("--repeat", type=int, default=2, help="whole runs: the best of this many of each")
     a = p.parse_args(argv)
     search = a.search or ("approx" if a.size == "large" else "both")
     opts = Options(size=a.size, search=search, threads=a.threads, factors=a.factors, iterations=a.iterations, k=a.k,
-                   peers=a.size != "large" if a.peers is None else a.peers, work=a.work, overrides=a.set)
+                   peers=a.size != "large" if a.peers is None else a.peers, work=a.work, overrides=a.set,
+                   whole=a.size != "large" if a.whole is None else a.whole, repeat=a.repeat)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     return opts, a.json or RESULTS / f"{a.size}-{stamp}.json"
 
@@ -87,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     opts, path = parse(sys.argv[1:] if argv is None else argv)
     res = run(opts)
     print(report(res))
+    if opts.whole:
+        size = gen.SIZES[opts.size]
+        res.whole = whole.compare(opts.work.resolve() / opts.size / "log", opts.work.resolve() / opts.size,
+                                  RUN_DATE.isoformat(), size.days, opts.k, opts.factors, opts.iterations,
+                                  opts.threads, opts.repeat)
+        print("\n" + whole.report(res.whole))
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {**vars(res), "libraries": library_versions(),
             "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}

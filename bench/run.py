@@ -73,12 +73,14 @@ class Options:
     search: str = "exact"  # exact, approx, or both (exact first, then approx on the same factors)
     threads: int = 2
     factors: int = 64
-    iterations: int = 15
+    iterations: int = 10
     k: int = 100
     i2i_k: int = 50
     peers: bool = True
     work: Path = Path("data/bench")
     overrides: list[str] = field(default_factory=list)
+    whole: bool = False  # also time whole `recall run`s against the script (bench.whole)
+    repeat: int = 2
 
 
 @dataclass
@@ -89,6 +91,7 @@ class Result:
     summary: dict = field(default_factory=dict)
     agreement: dict = field(default_factory=dict)
     machine: dict = field(default_factory=dict)
+    whole: dict = field(default_factory=dict)
 
 
 def write_spec(opts: Options, size: gen.LogSize, search: str) -> Path:

@@ -10,7 +10,7 @@ from pathlib import Path
 from recall import __version__
 
 LIBRARIES = ("numpy", "scipy", "pandas", "pyarrow", "implicit", "faiss-cpu", "threadpoolctl", "loguru",
-             "python-crontab")
+             "python-crontab", "pyspark")
 
 
 @functools.cache

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from recall.samples.synth import generate
-from tests.support.cli import kill, run_cli, start_cli
+from tests.support.cli import kill, run_cli, run_in_process, start_cli
 from tests.support.engines import ENGINES
 from tests.support.project import DATE, PREVIOUS, RUN_DATE, SMALL, write_spec
 
@@ -39,6 +39,35 @@ def cli():
 def engine(request) -> str:
     """Each engine in turn (tests/support/engines.py)."""
     return request.param
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory):
+    """The test session's one local[2] Spark session: in-process runs of the Spark engine reuse it
+    (CLI runs start their own, as cron does)."""
+    from recall.engines.spark.session import spark_session
+    from recall.spec.sections import SparkSection
+    from tests.support.engines import QUICK_JVM
+
+    session, owned = spark_session(SparkSection(master="local[2]", conf=QUICK_JVM), "recall tests",
+                                   tmp_path_factory.mktemp("spark") / "spark.log")
+    yield session
+    if owned:
+        session.stop()
+
+
+@pytest.fixture
+def run_engine(request):
+    """`recall ...` for an engine: the CLI as a process for the local engine; the same CLI code
+    in this process for Spark, on the shared session (a Spark process costs a JVM start)."""
+
+    def run(engine: str, root: Path, *args: str) -> subprocess.CompletedProcess:
+        if engine == "spark":
+            request.getfixturevalue("spark")
+            return run_in_process(root, *args)
+        return run_cli(root, *args)
+
+    return run
 
 
 @pytest.fixture

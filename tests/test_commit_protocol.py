@@ -18,7 +18,7 @@ from recall.store.records import Manifest, TableInfo
 from recall.store.reader import read_arrow, read_table
 from tests.support.cli import wait_for_stderr
 from tests.support.crash import killed, next_runs_succeed, after_crash
-from tests.support.engines import engine_args
+from tests.support.engines import ENGINES, engine_args
 from tests.support.failures import record
 from tests.support.files import assert_consistent, manifest, out_dir, published_files, staging_left
 from tests.support.project import DATE, FORCED, PREVIOUS, RUN_DATE
@@ -55,7 +55,14 @@ def test_kill_between_data_and_marker_of_a_forced_rerun(point: str, engine: str,
     assert len(read_arrow("small", "u2i", DATE, output=published / "data" / "recall")) == len(old_u2i)
 
 
-@pytest.mark.parametrize("point", ["before-success", "published-u2i", "published-popular", "before-latest"])
+NEW_DATE_POINTS = ["before-success", "published-u2i", "published-popular", "before-latest"]
+# A Spark process costs a JVM start: on Spark, one instant of the new-date publish (the other
+# instants run the same driver-side code on the same sealed files, and the forced-rerun tests
+# above stop a Spark run at each of them).
+NEW_DATE_CASES = [(e, p) for e in ENGINES for p in NEW_DATE_POINTS if e == "local" or p == "published-u2i"]
+
+
+@pytest.mark.parametrize("engine,point", NEW_DATE_CASES, ids=[f"{e}-{p}" for e, p in NEW_DATE_CASES])
 def test_kill_while_publishing_a_new_date(point: str, engine: str, published: Path, cli, cli_bg):
     """The same points on a first publish of a date: an unfinished one is taken back out by the
     next run; one killed after its manifest is finished (its _LATEST moved) by the next run."""

@@ -30,14 +30,14 @@ def window(root) -> pa.Table:
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_published_u2i_keeps_the_contract(engine: str, case: str, project, cli):
+def test_published_u2i_keeps_the_contract(engine: str, case: str, project, run_engine):
     seen = window(project)
     popular = seen.group_by("item_id").aggregate([("user_id", "count_distinct")]) \
         .sort_by([("user_id_count_distinct", "descending")])
     blocklist = popular.column("item_id").to_pylist()[:3]  # the most popular items: the fallback must skip them
     overrides, k = CASES[case]
-    res = cli(project, "run", "small", "--date", DATE, *engine_args(engine), *overrides,
-              "--set", f"filter.blocklist={blocklist}")
+    res = run_engine(engine, project, "run", "small", "--date", DATE, *engine_args(engine), *overrides,
+                     "--set", f"filter.blocklist={blocklist}")
     assert res.returncode == 0, res.stderr
     out = out_dir(project)
     u2i = table(out, "u2i")

@@ -53,10 +53,8 @@ def test_exact_search_equals_brute_force_with_ties_and_exclusions(monkeypatch, t
 
 
 @pytest.mark.parametrize("queries", [1, 5])
-def test_exact_search_of_a_few_queries_in_one_wide_block(monkeypatch, queries):
-    """A fold-in searches one user: the block widens to the whole catalogue, same answer."""
-    monkeypatch.setattr(search, "TILE_QUERIES", 37)
-    monkeypatch.setattr(search, "TILE_ITEMS", 64)
+def test_exact_search_of_a_few_queries(queries):
+    """A fold-in searches one user at a time: the same answer as brute force."""
     rng = np.random.default_rng(queries)
     vectors, q = integer_vectors(rng, 2000, 6), integer_vectors(rng, queries, 6)
     exclude = sp.random(queries, 2000, density=0.05, random_state=5, format="csr")

@@ -259,7 +259,10 @@ def test_a_run_that_fails_to_load_leaves_the_old_one_serving(served):
     assert f"run {broken} of {SECOND} failed to load; still serving run {serving}" in log
     fixed = republish(job, SECOND, "fixed", settings={"format": item_side.FORMAT})
     wait_served(port, fixed)
-    assert 'recall_serve_reload_failing{job="small"} 0' in Client(port).text("/metrics")
+    deadline = time.monotonic() + 5  # every worker takes the new state within its poll (0.2 s)
+    while 'recall_serve_reload_failing{job="small"} 0' not in (metrics := Client(port).text("/metrics")):
+        assert time.monotonic() < deadline, metrics
+        time.sleep(0.05)
 
 
 def wait_served(port: int, run_id: str, timeout: float = 30) -> dict:

@@ -10,6 +10,7 @@ from recall.spec.sections import JobSpec
 
 ENGINES = {
     "local": ("recall.engines.local", "LocalEngine", "recall"),
+    "spark": ("recall.engines.spark", "SparkEngine", "recall[spark]"),
 }
 
 

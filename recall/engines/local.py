@@ -141,12 +141,18 @@ class LocalEngine(Engine):
 
 def published_side(model: Model, how: Blend, spec: JobSpec, publication: Publication) -> PublishedSide:
     """What the run publishes of its model for serving and fold-in (recall.store.item_side)."""
+    return side_to_publish(model.items_map.values, model.side, how, spec, model.weight_sum, publication)
+
+
+def side_to_publish(item_ids: pa.Array, side: ItemSide, how: Blend, spec: JobSpec, weight_sum: np.ndarray,
+                    publication: Publication) -> PublishedSide:
+    """An item side as every engine publishes it: with the settings fold-in needs."""
     m = spec.model
-    fold = None if model.side.factors is None else FoldSettings(
-        model.side.factors.shape[1], m.regularization, m.alpha, m.weighting, m.bm25_k1, m.bm25_b)
+    fold = None if side.factors is None else FoldSettings(
+        side.factors.shape[1], m.regularization, m.alpha, m.weighting, m.bm25_k1, m.bm25_b)
     depth = max((SOURCES[name].recent_depth(spec) for name in how.sources), default=0)
-    return PublishedSide(model.items_map.values, model.side, how, spec.recall.u2i.k, depth, fold, model.weight_sum,
-                         publication.run_id, publication.date)
+    return PublishedSide(item_ids, side, how, spec.recall.u2i.k, depth, fold, weight_sum, publication.run_id,
+                         publication.date)
 
 
 def item_weight_sums(weighted: sp.csr_matrix) -> np.ndarray:

@@ -63,7 +63,7 @@ def prepare(spec: JobSpec, window: Window, root: Path, timer: Timer | None = Non
     with timer.step("matrix"):
         inter = encode(clean)
         blocked = blocked_items(inter.items, load_blocklist(spec, root), spec.source)
-    check_catalogue(inter, blocked, raw.rows, raw.files[0].path)
+    check_catalogue(len(inter.items), blocked, raw.rows, raw.files[0].path)
     logger.info(f"{len(inter.users)} users x {len(inter.items)} items, {clean.rows} interactions, "
                 f"{int(blocked.sum())} blocklisted")
     stats = InputStats(spec.input.path, raw.files, raw.rows, raw.missing_days, bad, len(inter.users),
@@ -77,12 +77,12 @@ def encode(log: CleanLog) -> Interactions:
                         items.index_of(log.item).astype(np.int32), log.ts, log.weight)
 
 
-def check_catalogue(inter: Interactions, blocked: np.ndarray, rows: int, first_file: str) -> None:
-    if len(inter.items) < 2:
-        raise InputError(f"only {len(inter.items)} distinct item(s) in the window "
+def check_catalogue(n_items: int, blocked: np.ndarray, rows: int, first_file: str) -> None:
+    if n_items < 2:
+        raise InputError(f"only {n_items} distinct item(s) in the window "
                          f"({rows} rows from {first_file}...): nothing to recommend")
     if int((~blocked).sum()) == 0:
-        raise InputError(f"all {len(inter.items)} items of the window are blocklisted ([filter] blocklist, "
+        raise InputError(f"all {n_items} items of the window are blocklisted ([filter] blocklist, "
                          "blocklist_path): nothing to recommend")
 
 

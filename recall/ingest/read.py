@@ -6,6 +6,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -23,6 +24,7 @@ INT_TEXT_RE = r"^(0|-?[1-9][0-9]{0,18})$"
 NUMBER_TEXT_RE = r"^[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$"
 FLOAT_MARK_RE = r"[.eE]"
 TEXT_SUFFIXES = (".csv", ".tsv", ".txt", ".dat")
+F = TypeVar("F")  # a file as a reader names it (a Path, a Hadoop path string)
 DEFAULT_OPTIONAL = {"time": "ts", "weight": "weight", "event": "event"}
 
 
@@ -76,10 +78,7 @@ def read_window(spec: InputSection, window: Window, root: Path) -> RawLog:
     if not found:
         if path.is_symlink():
             raise InputError(f"input path {path} is a symbolic link to {os.readlink(path)}, which does not exist")
-        relative = "" if Path(spec.path).is_absolute() else (
-            f"[input] path {spec.path!r} is taken from the project folder {root}; ")
-        raise InputError(f"input path does not exist: {path}",
-                         hint=relative + "fix [input] path, or name the project folder with --root DIR or RECALL_ROOT")
+        raise missing_input(path, spec, root)
     files, partitioned, missing = list_files(path, spec, window)
     if not files:
         raise InputError(f"no input files for window {window.start}..{window.run_date} under {path}")
@@ -130,7 +129,31 @@ def list_files(path: Path, spec: InputSection, window: Window) -> tuple[list[Pat
     if path.is_file():
         return [path], False, []
     wanted = {d.isoformat() for d in window.dates()}
-    dated = walk(path, wanted)
+    return pick(walk(path, wanted), wanted)
+
+
+def choose_files(files: list[tuple[F, tuple[str, ...]]], window: Window) -> tuple[list[F], bool, list[str]]:
+    """The window's files among `files` (each with its path parts below the input folder, in
+    order), whether they are dt-partitioned, and window days with no partition: for engines that
+    list their files on another file system (Spark's, through Hadoop's)."""
+    wanted = {d.isoformat() for d in window.dates()}
+    dated: list[tuple[F, str | None]] = []
+    for file, parts in files:
+        days = [m.group(1) for part in parts[:-1] if (m := DT_RE.match(part))]
+        day = days[0] if days else None
+        if day is not None:
+            try:
+                dt.date.fromisoformat(day)
+            except ValueError:
+                folder = str(file).split(f"dt={day}")[0] + f"dt={day}"  # named as the local reader names it
+                raise InputError(f"bad partition name dt={day} in {folder}: expected dt=YYYY-MM-DD") from None
+        dated.append((file, day))
+    return pick(dated, wanted)
+
+
+def pick(dated: list[tuple[F, str | None]], wanted: set[str]) -> tuple[list[F], bool, list[str]]:
+    """Of files with the day of their dt= partition (None outside any): those of the window,
+    whether the input is partitioned, and the window's days without a partition."""
     partitioned = any(day for _, day in dated)
     if partitioned:
         strays = [f for f, day in dated if day is None]
@@ -258,6 +281,14 @@ def resolve_columns(spec: InputSection, names: list[str], file: Path) -> Columns
     return Columns(spec.user_col, spec.item_col, chosen["time"], chosen["weight"], chosen["event"])
 
 
+def missing_input(path: Path | str, spec: InputSection, root: Path) -> InputError:
+    """The input path does not exist: say where a relative path was taken from, and the fix."""
+    relative = "" if Path(spec.path).is_absolute() or "://" in spec.path else (
+        f"[input] path {spec.path!r} is taken from the project folder {root}; ")
+    return InputError(f"input path does not exist: {path}",
+                      hint=relative + "fix [input] path, or name the project folder with --root DIR or RECALL_ROOT")
+
+
 def missing_column(col: str, key: str, file: Path, names: list[str], first: Path | None = None) -> InputError:
     """A column the spec names is not in `file`: say which key names it and what the file has."""
     return InputError(
@@ -336,7 +367,7 @@ def is_text(file: Path, spec: InputSection) -> bool:
     """Whether `file` is read as CSV: by the spec's format, else by its suffix."""
     if spec.format != "auto":
         return spec.format == "csv"
-    return file.suffix.lower() in TEXT_SUFFIXES
+    return Path(str(file)).suffix.lower() in TEXT_SUFFIXES
 
 
 def text_ids(arr: pa.Array, name: str, file: Path) -> pa.Array:

@@ -92,18 +92,23 @@ def validate(log: RawLog, spec: InputSection) -> tuple[CleanLog, BadRows]:
         bad |= dup
     report.bad_rows = int(bad.sum())
     report.by_check.sort(key=lambda c: -c["rows"])
-    if report.bad_rows and report.fraction > spec.max_bad_fraction:
-        worst = report.by_check[0]
-        raise InputError(
-            f"input invalid: {report.bad_rows} of {n} rows in the window are bad "
-            f"({report.fraction:.2%} > input.max_bad_fraction {spec.max_bad_fraction:g}); "
-            f"worst: file {worst['file']} column {worst['column']!r}: {worst['check']}, {worst['rows']} rows"
-            + (f" (+{len(report.by_check) - 1} more file/check pairs)" if len(report.by_check) > 1 else ""),
-        )
+    refuse_if_too_bad(report, spec)
     good = ~bad
     clean = CleanLog(log.user, log.item, log.ts, weight).take(good) if report.bad_rows else \
         CleanLog(log.user, log.item, log.ts, weight)
     return clean, report
+
+
+def refuse_if_too_bad(report: BadRows, spec: InputSection) -> None:
+    """Above `max_bad_fraction`: InputError naming the worst file, column and check (by_check sorted)."""
+    if report.bad_rows and report.fraction > spec.max_bad_fraction:
+        worst = report.by_check[0]
+        raise InputError(
+            f"input invalid: {report.bad_rows} of {report.total_rows} rows in the window are bad "
+            f"({report.fraction:.2%} > input.max_bad_fraction {spec.max_bad_fraction:g}); "
+            f"worst: file {worst['file']} column {worst['column']!r}: {worst['check']}, {worst['rows']} rows"
+            + (f" (+{len(report.by_check) - 1} more file/check pairs)" if len(report.by_check) > 1 else ""),
+        )
 
 
 def is_null(arr: pa.Array) -> np.ndarray:

@@ -28,6 +28,11 @@ def popularity(inter: Interactions, allowed: np.ndarray, end_us: int, days: int,
     else:
         pairs = frame.drop_duplicates()
         score = np.bincount(pairs["i"].to_numpy(), minlength=n_items).astype(np.float64)
+    return ranking(score, allowed)
+
+
+def ranking(score: np.ndarray, allowed: np.ndarray) -> Ranking:
+    """Allowed items by descending score, ties by item index."""
     items = np.flatnonzero(allowed)
     order = np.lexsort((items, -score[items]))
     return Ranking(items[order].astype(np.int64), score[items][order].astype(np.float32))

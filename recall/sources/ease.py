@@ -28,13 +28,23 @@ class Ease:
 def build(ctx: FitContext) -> tuple[Ease, dict]:
     options = ctx.spec.recall.ease
     seen = ctx.seen.astype(np.float32)
-    popularity = np.asarray(seen.sum(axis=0)).ravel()
-    popularity[~ctx.allowed] = -1
-    head = np.sort(np.argsort(-popularity, kind="stable")[:min(options.max_items, int(ctx.allowed.sum()))])
-    x = seen[:, head].tocsc()
+    items = head(np.asarray(seen.sum(axis=0)).ravel(), ctx.allowed, options.max_items)
+    x = seen[:, items].tocsc()
     gram = (x.T @ x).toarray().astype(np.float32)
-    gram[np.diag_indices_from(gram)] += options.l2
-    with threadpool_limits(ctx.threads, user_api="blas"):
+    return solve(items, gram, options.l2, ctx.threads), {"ease_items": int(items.size)}
+
+
+def head(users_per_item: np.ndarray, allowed: np.ndarray, max_items: int) -> np.ndarray:
+    """The `max_items` allowed items with the most users, as ascending item indices."""
+    popularity = np.where(allowed, users_per_item, -1)
+    return np.sort(np.argsort(-popularity, kind="stable")[:min(max_items, int(allowed.sum()))]).astype(np.int64)
+
+
+def solve(items: np.ndarray, gram: np.ndarray, l2: float, threads: int) -> Ease:
+    """EASE's weights from the Gram matrix X'X of the modelled items (any engine computes it)."""
+    gram = np.array(gram, dtype=np.float32)
+    gram[np.diag_indices_from(gram)] += l2
+    with threadpool_limits(threads, user_api="blas"):
         factor, info = la.lapack.spotrf(gram, lower=1, overwrite_a=1)
         inverse, info2 = la.lapack.spotri(factor, lower=1, overwrite_c=1)
     if info or info2:
@@ -42,7 +52,7 @@ def build(ctx: FitContext) -> tuple[Ease, dict]:
     inverse = np.tril(inverse) + np.tril(inverse, -1).T
     weights = (-inverse / np.diag(inverse)[None, :]).astype(np.float32)
     np.fill_diagonal(weights, 0.0)
-    return Ease(head.astype(np.int64), weights), {"ease_items": int(head.size)}
+    return Ease(items, weights)
 
 
 def candidates(side: ItemSide, batch: UserBatch, k: int, threads: int) -> Lists:

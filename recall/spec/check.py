@@ -87,6 +87,8 @@ def check_spec(spec: JobSpec, source: str, origins=None) -> None:
     need(not mon.textfile or mon.textfile.endswith(".prom"), "[monitor] textfile",
          f"{mon.textfile!r} must end in .prom (node-exporter's textfile collector reads only *.prom files)")
     need(0 < mon.timeout <= 3600, "[monitor] timeout", "must be within 0..3600 seconds")
+    need(bool(spec.spark.master.strip()), "[spark] master", "must name a master (local[2], spark://..., yarn)")
+    need(spec.spark.users_per_task >= 0, "[spark] users_per_task", "must be >= 0 (0: automatic)")
     g = spec.gate
     need(0 <= g.max_recall_drop <= 1, "[gate] max_recall_drop", "must be within 0..1")
     need(g.min_rows >= 0, "[gate] min_rows", "must be >= 0")

@@ -187,6 +187,21 @@ class MonitorSection:
 
 
 @dataclass
+class SparkSection:
+    """The Spark engine's session ([job] engine = "spark"); read by no other engine."""
+
+    master: str = "local[*]"  # local[N], spark://host:port, yarn, k8s://...
+    # Spark settings passed through to the session as they are, e.g. [spark.conf]
+    # "spark.executor.memory" = "8g"; they win over the engine's own defaults
+    conf: dict[str, str] = field(default_factory=dict)
+    # ALS checkpoints (lineage cut every 10 iterations); "": a folder in the job's staging area.
+    # On a cluster it must be a path every executor reaches (hdfs://..., a shared mount)
+    checkpoint_dir: str = ""
+    # users per candidate task (0: about 4 tasks per core, at least 20k users each)
+    users_per_task: int = 0
+
+
+@dataclass
 class JobSpec:
     job: JobSection = field(default_factory=JobSection)
     input: InputSection = field(default_factory=InputSection)
@@ -199,6 +214,7 @@ class JobSpec:
     autotune: AutotuneSection = field(default_factory=AutotuneSection)
     log: LogSection = field(default_factory=LogSection)
     monitor: MonitorSection = field(default_factory=MonitorSection)
+    spark: SparkSection = field(default_factory=SparkSection)
     source: str = field(default="", compare=False)  # the file it came from
     explicit: frozenset[str] = field(default=frozenset(), compare=False)  # keys the file or --set gave
 

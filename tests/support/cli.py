@@ -2,6 +2,8 @@
 be paused, signalled or killed."""
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import select
 import shutil
@@ -36,6 +38,15 @@ def unprivileged(cmd: list[str]) -> list[str]:
     setpriv = shutil.which("setpriv")
     assert setpriv, "setpriv (util-linux) is needed to run a command bound by file permissions as root"
     return [setpriv, "--bounding-set=-dac_override,-dac_read_search,-fowner", *cmd]
+def run_in_process(root: Path, *args: str) -> subprocess.CompletedProcess:
+    """`recall --root ROOT ARGS...` through the CLI's own main() in this process (stdout and
+    stderr captured): what an engine on a session shared by the tests needs."""
+    from recall.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["--root", str(root), *args])
+    return subprocess.CompletedProcess(["recall", *args], code, out.getvalue(), err.getvalue())
 
 
 def start_cli(root: Path, *args: str, env: dict | None = None, output: Path | None = None) -> subprocess.Popen:
