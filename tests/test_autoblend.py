@@ -112,3 +112,15 @@ def test_the_run_searches_its_settings_keeps_them_and_lets_the_spec_win(logs, tm
     assert cli(other, "run", "small", "--date", "2026-11-18", *SEARCH, "--set", "model.alpha=5.0").returncode == 0
     first = json.loads((out_dir(other) / "_tuned.json").read_text())
     assert first["settings"] == tuned["applied"] == manifest(out_dir(other), "2026-11-18")["tuned"]["applied"]
+
+
+def test_nothing_measured_nothing_expensive_trained(logs, tmp_path, cli):
+    """blend = auto, no holdout, no earlier choice: ALS and recent popularity, nothing else trained."""
+    root = project_of(tmp_path, logs["collaborative"])
+    res = cli(root, "run", "small", "--date", DATE, "--set", "evaluate.holdout_days=0")
+    assert res.returncode == 0, res.stderr
+    m = manifest(out_dir(root))
+    assert m["blend"]["weights"] == {"als": 1.0, "recent_popular": 0.25}
+    assert m["blend_source"] == "als and recent_popular (nothing measured to choose on)"
+    trained = {k.split(".")[1] for k in m["timings"] if k.startswith("train.")}
+    assert not trained & {"item_knn", "ease"}, trained

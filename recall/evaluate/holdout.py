@@ -74,13 +74,15 @@ class HoldoutSet:
                           for _, batch in self.batches()])
 
 
-def holdout_metrics(held: HoldoutSet, how: Blend, choose: bool, seed: int) -> tuple[Holdout, Blend]:
+def holdout_metrics(held: HoldoutSet, how: Blend, choose: bool, seed: int,
+                    fixed: Blend | None = None) -> tuple[Holdout, Blend]:
     """Score the blend's sources, the merged list and the popularity baseline; with `choose`, the
-    weights (and which of `how.sources` take part) are chosen on half of the users first, and
-    every figure but `choosing` is measured on the other half. Returns the record and the blend."""
+    weights (and which of `how.sources` take part) are chosen on half of the users first, every
+    figure but `choosing` is measured on the other half, and `fixed` (default: `how`) is scored
+    there too for comparison. Returns the record and the blend."""
     lists = held.source_lists(how.sources)
     rows = np.arange(held.evaluated.size)
-    chosen, choosing, fixed = how, None, None
+    chosen, choosing, fixed_scores = how, None, None
     if choose:
         rows_choose, rows = halves(held.evaluated.size, seed)
         _, keys, count = relevant_rows(held.evaluated, held.relevant, held.side.n_items)
@@ -92,20 +94,20 @@ def holdout_metrics(held: HoldoutSet, how: Blend, choose: bool, seed: int) -> tu
     report, mine = held.subset(rows), take(lists, rows)
     merged, baseline = report.merged(mine, chosen), report.baseline()
     if choose:
-        fixed = report.score(report.merged(mine, how))
+        fixed_scores = report.score(report.merged(mine, fixed or how))
     result = Holdout(k=held.k, split=held.description, train_rows=held.train_rows,
                      relevant_pairs=int(held.relevant.user.size), users_evaluated=int(held.evaluated.size),
                      sources={name: report.score(c.items) for name, c in mine.items()},
                      popular_baseline=report.score(baseline), merged=report.score(merged),
                      users_choosing=int(held.evaluated.size - rows.size) if choose else 0,
-                     users_reporting=int(rows.size), choosing=choosing, fixed_default=fixed,
+                     users_reporting=int(rows.size), choosing=choosing, fixed_default=fixed_scores,
                      vs_popular=paired(report.recalls(merged), report.recalls(baseline)))
     logger.info(f"holdout ({held.description}): merged recall@{held.k} {result.merged.recall:.4f}, "
                 f"popular baseline {result.popular_baseline.recall:.4f}; "
                 + ", ".join(f"{n} {m.recall:.4f}" for n, m in result.sources.items())
                 + (f"; blend chosen on {result.users_choosing} users (recall there {choosing.recall:.4f}), "
                    f"reported on {result.users_reporting}: {describe(chosen)}; fixed default weights "
-                   f"{fixed.recall:.4f}" if choose else ""))
+                   f"{fixed_scores.recall:.4f}" if choose else ""))
     return result, chosen
 
 

@@ -28,7 +28,7 @@ from recall.ops.lock import job_lock
 from recall.ops.logs import add_job_file, remove_sink
 from recall.run.autotune import tuned_spec
 from recall.runtime import job_threads
-from recall.sources import spec_blend
+from recall.sources import fixed_default, spec_blend, unmeasured
 from recall.spec.sections import JobSpec
 from recall.store import history
 from recall.store.commit import Publication, clear_staging, output_error, settle
@@ -215,8 +215,8 @@ def evaluate(engine: Engine, data, spec: JobSpec, how: Blend, previous: Manifest
              timer: Timer) -> tuple[Holdout | None, Blend, str]:
     """The holdout: a second model fitted without the held-out part, scored per source and merged.
     With blend = "auto" the blend is chosen there too; without a holdout to choose on, the last
-    chosen blend is kept (else the fixed default weights). Returns the metrics, the blend to
-    publish and where it came from."""
+    chosen blend is kept (else ALS and recent popularity, the cheap sources: nothing is trained
+    for a blend nobody measured). Returns the metrics, the blend to publish and where it came from."""
     auto = spec.recall.u2i.blend == "auto"
     if spec.evaluate.holdout_days > 0:
         with timer.step("evaluate"):
@@ -224,14 +224,16 @@ def evaluate(engine: Engine, data, spec: JobSpec, how: Blend, previous: Manifest
             if held is None:
                 logger.warning("holdout evaluation skipped: the holdout or the training part is empty")
             else:
-                metrics, chosen = holdout_metrics(held, how, auto, spec.model.random_state)
+                metrics, chosen = holdout_metrics(held, how, auto, spec.model.random_state, fixed_default(spec))
                 logger.bind(say=True).info(f"holdout recall@{metrics.k} {metrics.merged.recall:.4f} "
                                            f"(popular baseline {metrics.popular_baseline.recall:.4f})")
                 return metrics, chosen, "chosen on the holdout" if auto else "the spec's"
     if auto and previous is not None and previous.blend.get("mode") == "weighted" \
             and set(previous.blend["sources"]) <= set(how.sources) and previous.blend_source != "the spec's":
         return None, Blend.from_dict(previous.blend), f"kept from {previous.date} (no holdout to choose on)"
-    return None, how, "fixed default weights (no holdout to choose on)" if auto else "the spec's"
+    if auto:
+        return None, unmeasured(spec), "als and recent_popular (nothing measured to choose on)"
+    return None, how, "the spec's"
 
 
 def backtest(engine: Engine, data, job: JobDir, prev: str, spec: JobSpec) -> dict:

@@ -12,7 +12,29 @@ NAMES: tuple[str, ...] = tuple(SOURCES)
 CODE: dict[str, int] = {name: i for i, name in enumerate(NAMES)}
 FALLBACK = "popular"  # what every list is topped up from
 
-__all__ = ["SOURCES", "NAMES", "CODE", "FALLBACK", "Source", "FitContext", "spec_blend", "unknown_sources"]
+__all__ = ["SOURCES", "NAMES", "CODE", "FALLBACK", "Source", "FitContext", "spec_blend", "fixed_default", "unmeasured",
+           "unknown_sources"]
+
+
+FIXED_DEFAULT = {"als": 1.0, "item_based": 0.5, "recent_popular": 0.25}  # the blend before runs chose their own
+UNMEASURED = {"als": 1.0, "recent_popular": 0.25}  # nothing measured yet: the cheap sources only
+
+
+def fixed_default(spec: JobSpec) -> Blend:
+    """The weights every job had before blends chose themselves (of the candidate sources): what
+    the chosen blend is compared with on the reporting users."""
+    return weighted({n: w for n, w in FIXED_DEFAULT.items() if n in spec.recall.u2i.sources} or {"popular": 1.0})
+
+
+def unmeasured(spec: JobSpec) -> Blend:
+    """With blend = "auto" and nothing to choose on (no holdout, no earlier choice): ALS and recent
+    popularity, the two cheap sources, rather than training everything for a blend nobody measured."""
+    return weighted({n: w for n, w in UNMEASURED.items() if n in spec.recall.u2i.sources}
+                    or {spec.recall.u2i.sources[0]: 1.0})
+
+
+def weighted(weights: dict[str, float]) -> Blend:
+    return Blend("weighted", tuple(weights), dict(weights))
 
 
 def spec_blend(spec: JobSpec) -> Blend:
