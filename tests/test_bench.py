@@ -14,8 +14,9 @@ from tests.support.project import REPO
 def test_bench_small_runs_and_agrees_with_the_peers(tmp_path):
     out = tmp_path / "result.json"
     proc = subprocess.run([sys.executable, "-m", "bench", "--size", "small", "--work", str(tmp_path / "work"),
-                           "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
+                           "--json", str(out), "--repeat", "1"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "whole run vs the script" in proc.stdout
     assert "overhead (all but training and search)" in proc.stdout
     assert "vs implicit recommend" in proc.stdout and f"wrote {out}" in proc.stdout
     res = json.loads(out.read_text())
@@ -28,6 +29,12 @@ def test_bench_small_runs_and_agrees_with_the_peers(tmp_path):
     assert steps["u2i (exact)"]["inside"]["als"] > 0 and steps["train"]["inside"]["als_fit"] > 0
     assert set(steps["prepare"]["inside"]) == {"read", "validate", "matrix"}
     assert all(s["peak_rss_mb"] > 0 and s["wall_s"] >= 0 for s in res["steps"])
+    whole = res["whole"]
+    assert set(whole["vs_script"]) == {"default spec, holdout off", "default spec, evaluation on",
+                                       "ALS alone, holdout off", "ALS alone, evaluation on",
+                                       "default spec, evaluation on, settings search due"}
+    assert all(r > 0 for r in whole["vs_script"].values()) and whole["wall_s"]["script"] > 0
+    assert whole["runs"]["default spec, evaluation on, settings search due"]["tuned"]["searched"]
     agree = res["agreement"]
     assert agree["u2i_identical_ties_aside"] == 1.0
     assert agree["u2i_overlap_vs_implicit"] == 1.0
