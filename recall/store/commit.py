@@ -26,7 +26,7 @@ from loguru import logger
 
 from recall.errors import OutputError
 from recall.store.atomic import exchange, fsync_dir, fsync_file, read_json, write_atomic
-from recall.store.layout import JOURNAL, MANIFESTS, NAMED, STAGING, SUCCESS, JobDir, data_files, next_part, part_name
+from recall.store.layout import JOURNAL, NAMED, SUCCESS, JobDir, data_files, next_part, part_name
 from recall.store.records import Manifest, Marker, to_json
 from recall.store.state import is_published, latest, manifest_dates
 from recall.testpoint import pause_point
@@ -160,7 +160,7 @@ def recover(job: JobDir) -> list[str]:
     other run's partitions are swapped back out, so its date is exactly as before that run.
     Call under the job's lock, before clearing staging (which holds the previous partitions).
     """
-    folder = job.root / STAGING
+    folder = job.staging_root
     settled = []
     for run in sorted(folder.iterdir()) if folder.is_dir() else []:
         note = read_json(run / JOURNAL)
@@ -206,9 +206,9 @@ def clear_staging(job: JobDir) -> list[str]:
     """Remove staging folders and temporary files left by crashed runs (call only while holding
     the job's lock); a folder whose publish is not settled (see `recover`) is kept: it holds the
     previous data."""
-    for stale in [*job.root.glob(".*.tmp-*"), *(job.root / MANIFESTS).glob(".*.tmp-*")]:
+    for stale in [*job.home.glob(".*.tmp-*"), *job.manifest_dir.glob(".*.tmp-*")]:
         stale.unlink(missing_ok=True)  # a write_atomic cut short by a kill
-    folder = job.root / STAGING
+    folder = job.staging_root
     if not folder.is_dir():
         return []
     removed = []

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from recall.store.atomic import read_json
-from recall.store.layout import MANIFESTS, SUCCESS, JobDir
+from recall.store.layout import SUCCESS, JobDir
 from recall.store.records import Manifest, Marker
 
 
@@ -38,7 +38,7 @@ def latest(job: JobDir) -> str | None:
 
 def manifest_dates(job: JobDir) -> list[str]:
     """Dates that have a manifest file, oldest first."""
-    folder = job.root / MANIFESTS
+    folder = job.manifest_dir
     return sorted(p.name[3:-5] for p in folder.glob("dt=*.json")) if folder.is_dir() else []
 
 
