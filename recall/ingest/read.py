@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,6 +79,25 @@ def read_window(spec: InputSection, window: Window, root: Path) -> RawLog:
             hint="wait for upstream, or set input.require_run_date=false to run without it",
         )
     lo, hi = window.bounds_us()
+
+    def in_window(piece: dict) -> np.ndarray | None:
+        if partitioned or piece["ts"] is None:
+            return None
+        return piece["ts_bad"] | ((piece["ts"] >= lo) & (piece["ts"] < hi))
+
+    log = read_files(files, spec, in_window)
+    log.missing_days = [d for d in missing if d != window.run_date.isoformat() or not spec.require_run_date]
+    if log.rows == 0:
+        raise InputError(
+            f"no interactions in window {window.start}..{window.run_date} ({window.timezone}) "
+            f"in {path} ({len(files)} file(s) read)"
+        )
+    return log
+
+
+def read_files(files: list[Path], spec: InputSection, keep: Callable[[dict], np.ndarray | None]) -> RawLog:
+    """The rows of `files`, normalised, that `keep` selects (a mask of a file's normalised rows,
+    or None for all of them)."""
     pieces = []
     reads = []
     cols = None
@@ -87,15 +107,15 @@ def read_window(spec: InputSection, window: Window, root: Path) -> RawLog:
         if cols is None:
             cols = resolve_columns(spec, table.schema, file)
         piece = normalise(table, cols, spec, file, files[0], id_types)
-        if not partitioned and piece["ts"] is not None:
-            keep = piece["ts_bad"] | ((piece["ts"] >= lo) & (piece["ts"] < hi))
-            piece = {k: take(v, keep) for k, v in piece.items()}
+        mask = keep(piece)
+        if mask is not None:
+            piece = {k: take(v, mask) for k, v in piece.items()}
         n = len(piece["user"])
         piece["file_idx"] = np.full(n, i, dtype=np.int32)
         reads.append(FileRead(str(file), n))
         pieces.append(piece)
     assert cols is not None
-    log = RawLog(
+    return RawLog(
         user=concat([p["user"] for p in pieces]),
         item=concat([p["item"] for p in pieces]),
         ts=cat_np(pieces, "ts"),
@@ -104,25 +124,29 @@ def read_window(spec: InputSection, window: Window, root: Path) -> RawLog:
         event=concat([p["event"] for p in pieces]) if cols.event else None,
         file_idx=np.concatenate([p["file_idx"] for p in pieces]),
         files=reads,
-        missing_days=[d for d in missing if d != window.run_date.isoformat() or not spec.require_run_date],
     )
-    if log.rows == 0:
-        raise InputError(
-            f"no interactions in window {window.start}..{window.run_date} ({window.timezone}) "
-            f"in {path} ({len(files)} file(s) read)"
-        )
-    return log
 
 
 def list_files(path: Path, spec: InputSection, window: Window) -> tuple[list[Path], bool, list[str]]:
     """Files to read, whether the input is dt-partitioned, and window days with no partition."""
+    dated, partitioned = dated_files(path)
+    if partitioned:
+        wanted = {d.isoformat() for d in window.dates()}
+        chosen = [f for f, day in dated if day in wanted]
+        present = {day for f, day in dated if day in wanted}
+        return chosen, True, sorted(wanted - present)
+    return [f for f, _ in dated], False, []
+
+
+def dated_files(path: Path) -> tuple[list[tuple[Path, str | None]], bool]:
+    """Every data file of the input with its dt= day (None when not partitioned), sorted; and
+    whether the input is dt-partitioned (then every file must be inside a partition)."""
     if path.is_file():
-        return [path], False, []
+        return [(path, None)], False
     files = sorted(
         p for p in path.rglob("*")
         if p.is_file() and not any(part.startswith(("_", ".")) for part in p.relative_to(path).parts)
     )
-    wanted = {d.isoformat() for d in window.dates()}
     dated: list[tuple[Path, str | None]] = []
     for file in files:
         days = [m.group(1) for part in file.relative_to(path).parts[:-1] if (m := DT_RE.match(part))]
@@ -138,10 +162,7 @@ def list_files(path: Path, spec: InputSection, window: Window) -> tuple[list[Pat
         strays = [f for f, day in dated if day is None]
         if strays:
             raise InputError(f"file outside any dt= partition in a partitioned input: {strays[0]}")
-        chosen = [f for f, day in dated if day in wanted]
-        present = {day for f, day in dated if day in wanted}
-        return chosen, True, sorted(wanted - present)
-    return [f for f, _ in dated], False, []
+    return dated, partitioned
 
 
 def read_file(file: Path, spec: InputSection) -> pa.Table:
