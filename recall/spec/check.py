@@ -73,6 +73,9 @@ def check_spec(spec: JobSpec, source: str) -> None:
     need(a.every_days >= 0, "[autotune] every_days", "must be >= 0 (0: never search in a run)")
     need(0 <= a.backtest_drop <= 1, "[autotune] backtest_drop", "must be within 0..1")
     need(a.budget_s > 0 and a.trials >= 1, "[autotune]", "budget_s must be positive and trials at least 1")
+    if spec.nearline.schedule:
+        check_expression(spec.nearline.schedule, f"{source}: [nearline] schedule")
+    need(spec.nearline.threads >= 0, "[nearline] threads", "must be >= 0 (0: as [model] threads)")
     g = spec.gate
     need(0 <= g.max_recall_drop <= 1, "[gate] max_recall_drop", "must be within 0..1")
     need(g.min_rows >= 0, "[gate] min_rows", "must be >= 0")
