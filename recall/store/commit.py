@@ -20,6 +20,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow.parquet as pq
 from loguru import logger
@@ -31,6 +32,9 @@ from recall.store.records import Manifest, Marker, to_json
 from recall.store.state import is_published, latest, manifest_dates
 from recall.testpoint import pause_point
 from recall.timer import Timer
+
+if TYPE_CHECKING:
+    from recall.store.overlay import FreshManifest
 
 
 @dataclass(frozen=True)
@@ -52,8 +56,11 @@ class Publication:
         names) and write our _SUCCESS."""
         return seal(self.folder(table), self.job.partition(table, self.date), self.run_id, keep_names=table in NAMED)
 
-    def publish(self, manifest: Manifest, keep_days: int, timer: Timer | None = None) -> tuple[str, list[str]]:
-        """Publish every table of `manifest` (sealed), then the manifest, `_LATEST`, retention.
+    def publish(self, manifest: Manifest | FreshManifest, keep_days: int, timer: Timer | None = None
+                ) -> tuple[str, list[str]]:
+        """Publish every table of `manifest` (sealed), then the manifest, `_LATEST`, retention
+        (each where `self.job` keeps them: the nearline overlay's lane has its own, see
+        recall.store.overlay).
         Returns the newest published date and the dates retired. On any failure the date is put
         back as it was before raising (OutputError for an OSError). The time the tables take to
         appear is the `publish` step of `timer`, recorded in the manifest."""
