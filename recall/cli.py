@@ -23,6 +23,7 @@ from recall.ops import report, schedule, signals, status
 from recall.ops.logs import setup_console
 from recall.run.batch import catch_up, run_dates
 from recall.run import tune
+from recall.run.nearline import run_nearline
 from recall.run.nightly import RunOptions, run_job
 from recall.runtime import job_threads
 from recall.samples import datasets
@@ -120,6 +121,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     checked_window(spec, date)
     result = run_job(spec, RunOptions(date, root, args.force, args.skip_gate, progress=sys.stderr.isatty()))
     report_result(result)
+    return 0
+
+
+def cmd_nearline(args: argparse.Namespace) -> int:
+    spec, root = load(args)
+    result = run_nearline(spec, root, force=args.force)
+    m = result.manifest
+    if result.status == "up to date":
+        print(f"{result.job} {result.date}: u2i_fresh is up to date (run {result.run_id}, {m.users_refreshed:,} users "
+              "refreshed); nothing new since")
+    else:
+        print(f"{result.job} {result.date}: published u2i_fresh, {m.users_refreshed:,} users refreshed "
+              f"({m.rows:,} rows) from {m.input.get('rows', 0):,} rows after the window"
+              + (f" up to {m.cutoff}" if m.cutoff else "") + f" under {result.output}")
     return 0
 
 
@@ -329,6 +344,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--catch-up", action="store_true",
                    help="run every date missing since the last published one, up to yesterday")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("nearline", help="refresh the u2i lists of the users active since the nightly run",
+                       description="Fold every user active after the latest published window in again (their "
+                                   "whole history plus the new rows, against the published item side) and publish "
+                                   "their lists as the overlay u2i_fresh of that date; readers prefer a user's "
+                                   "fresh rows. Run by cron through [nearline] schedule.")
+    add_job_args(p)
+    p.add_argument("--force", action="store_true", help="refresh even when nothing is new since the last refresh")
+    p.set_defaults(func=cmd_nearline)
 
     p = sub.add_parser("backfill", help="run a range of dates in order",
                        description="Run JOB for each date from --from to --to (inclusive), in order.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -69,6 +70,34 @@ class Columns:
 
 def read_window(spec: InputSection, window: Window, root: Path) -> RawLog:
     """Read the rows of `window` from the input named by `spec` (paths relative to `root`)."""
+    path = input_path(spec, root)
+    files, partitioned, missing = list_files(path, spec, window)
+    if not files:
+        raise InputError(f"no input files for window {window.start}..{window.run_date} under {path}")
+    if partitioned and spec.require_run_date and window.run_date.isoformat() in missing:
+        raise InputError(
+            f"no partition dt={window.run_date} under {path}: the run date's data has not landed",
+            hint="wait for upstream, or set input.require_run_date=false to run without it",
+        )
+    lo, hi = window.bounds_us()
+
+    def in_window(piece: dict) -> np.ndarray | None:
+        if partitioned or piece["ts"] is None:
+            return None
+        return piece["ts_bad"] | ((piece["ts"] >= lo) & (piece["ts"] < hi))
+
+    log = read_files(files, spec, in_window)
+    log.missing_days = [d for d in missing if d != window.run_date.isoformat() or not spec.require_run_date]
+    if log.rows == 0:
+        raise InputError(
+            f"no interactions in window {window.start}..{window.run_date} ({window.timezone}) "
+            f"in {path} ({len(files)} file(s) read)"
+        )
+    return log
+
+
+def input_path(spec: InputSection, root: Path) -> Path:
+    """The input named by `spec` (relative to `root`), refused when it cannot be reached."""
     path = root / spec.path  # an absolute spec.path replaces root
     try:
         found = path.exists()
@@ -79,15 +108,12 @@ def read_window(spec: InputSection, window: Window, root: Path) -> RawLog:
         if path.is_symlink():
             raise InputError(f"input path {path} is a symbolic link to {os.readlink(path)}, which does not exist")
         raise missing_input(path, spec, root)
-    files, partitioned, missing = list_files(path, spec, window)
-    if not files:
-        raise InputError(f"no input files for window {window.start}..{window.run_date} under {path}")
-    if partitioned and spec.require_run_date and window.run_date.isoformat() in missing:
-        raise InputError(
-            f"no partition dt={window.run_date} under {path}: the run date's data has not landed",
-            hint="wait for upstream, or set input.require_run_date=false to run without it",
-        )
-    lo, hi = window.bounds_us()
+    return path
+
+
+def read_files(files: list[Path], spec: InputSection, keep: Callable[[dict], np.ndarray | None]) -> RawLog:
+    """The rows of `files`, normalised, that `keep` selects (a mask of a file's normalised rows,
+    or None for all of them)."""
     pieces = []
     reads = []
     cols = None
@@ -97,15 +123,15 @@ def read_window(spec: InputSection, window: Window, root: Path) -> RawLog:
         if cols is None:
             cols = resolve_columns(spec, names, file)
         piece = normalise(table, names, cols, spec, file, files[0], id_types)
-        if not partitioned and piece["ts"] is not None:
-            keep = piece["ts_bad"] | ((piece["ts"] >= lo) & (piece["ts"] < hi))
-            piece = {k: take(v, keep) for k, v in piece.items()}
+        mask = keep(piece)
+        if mask is not None:
+            piece = {k: take(v, mask) for k, v in piece.items()}
         n = len(piece["user"])
         piece["file_idx"] = np.full(n, i, dtype=np.int32)
         reads.append(FileRead(str(file), n))
         pieces.append(piece)
     assert cols is not None
-    log = RawLog(
+    return RawLog(
         user=concat([p["user"] for p in pieces]),
         item=concat([p["item"] for p in pieces]),
         ts=cat_np(pieces, "ts"),
@@ -114,22 +140,23 @@ def read_window(spec: InputSection, window: Window, root: Path) -> RawLog:
         event=concat([p["event"] for p in pieces]) if cols.event else None,
         file_idx=np.concatenate([p["file_idx"] for p in pieces]),
         files=reads,
-        missing_days=[d for d in missing if d != window.run_date.isoformat() or not spec.require_run_date],
     )
-    if log.rows == 0:
-        raise InputError(
-            f"no interactions in window {window.start}..{window.run_date} ({window.timezone}) "
-            f"in {path} ({len(files)} file(s) read)"
-        )
-    return log
 
 
 def list_files(path: Path, spec: InputSection, window: Window) -> tuple[list[Path], bool, list[str]]:
     """Files to read, whether the input is dt-partitioned, and window days with no partition."""
-    if path.is_file():
-        return [path], False, []
     wanted = {d.isoformat() for d in window.dates()}
-    return pick(walk(path, wanted), wanted)
+    return pick(*dated_files(path, wanted.__contains__), wanted)
+
+
+def dated_files(path: Path, listed: Callable[[str], bool]) -> tuple[list[tuple[Path, str | None]], bool]:
+    """The input's data files with the day of their dt= partition (None outside any), sorted, and
+    whether the input is dt-partitioned (then every file must be inside a partition). Only the
+    partitions whose day `listed` accepts are listed; any other stands for its files as its folder."""
+    if path.is_file():
+        return [(path, None)], False
+    dated = walk(path, listed)
+    return dated, partitioned(dated)
 
 
 def choose_files(files: list[tuple[F, tuple[str, ...]]], window: Window) -> tuple[list[F], bool, list[str]]:
@@ -148,30 +175,37 @@ def choose_files(files: list[tuple[F, tuple[str, ...]]], window: Window) -> tupl
                 folder = str(file).split(f"dt={day}")[0] + f"dt={day}"  # named as the local reader names it
                 raise InputError(f"bad partition name dt={day} in {folder}: expected dt=YYYY-MM-DD") from None
         dated.append((file, day))
-    return pick(dated, wanted)
+    return pick(dated, partitioned(dated), wanted)
 
 
-def pick(dated: list[tuple[F, str | None]], wanted: set[str]) -> tuple[list[F], bool, list[str]]:
-    """Of files with the day of their dt= partition (None outside any): those of the window,
-    whether the input is partitioned, and the window's days without a partition."""
-    partitioned = any(day for _, day in dated)
-    if partitioned:
-        strays = [f for f, day in dated if day is None]
-        if strays:
-            raise InputError(f"file outside any dt= partition in a partitioned input: {strays[0]}")
+def partitioned(dated: list[tuple[F, str | None]]) -> bool:
+    """Whether files with the day of their dt= partition are a dt-partitioned input (refused when
+    some are and some are not)."""
+    if not any(day for _, day in dated):
+        return False
+    strays = [f for f, day in dated if day is None]
+    if strays:
+        raise InputError(f"file outside any dt= partition in a partitioned input: {strays[0]}")
+    return True
+
+
+def pick(dated: list[tuple[F, str | None]], is_partitioned: bool, wanted: set[str]) -> tuple[list[F], bool, list[str]]:
+    """Of files with the day of their dt= partition: those of the window, whether the input is
+    partitioned, and the window's days without a partition."""
+    if is_partitioned:
         chosen = [f for f, day in dated if day in wanted]
         present = {day for f, day in dated if day in wanted}
         return chosen, True, sorted(wanted - present)
     return [f for f, _ in dated], False, []
 
 
-def walk(top: Path, wanted: set[str]) -> list[tuple[Path, str | None]]:
+def walk(top: Path, listed: Callable[[str], bool]) -> list[tuple[Path, str | None]]:
     """The data files under `top` with the day of their dt= partition (None outside any), sorted;
-    a dt= folder outside the window stands for its files, which are not listed.
+    a dt= folder whose day `listed` refuses stands for its files, which are not listed.
 
     Symbolic links are followed (a data-lake snapshot may point older days to other storage),
     files and folders whose names start with '_' or '.' are left out, and so are dt= partitions
-    outside the window (never listed). A folder that cannot be listed, a link that leads
+    not read (never listed). A folder that cannot be listed, a link that leads
     nowhere and a link loop are refused (exit 3): a day is never skipped in silence.
     """
     found: list[tuple[Path, str | None]] = []
@@ -196,8 +230,8 @@ def walk(top: Path, wanted: set[str]) -> list[tuple[Path, str | None]]:
                     dt.date.fromisoformat(inner)
                 except ValueError:
                     raise InputError(f"bad partition name dt={inner} in {child}: expected dt=YYYY-MM-DD") from None
-                if inner not in wanted:
-                    found.append((child, inner))  # outside the window: not listed, not read
+                if not listed(inner):
+                    found.append((child, inner))  # outside what is read: not listed
                     continue
             try:
                 broken = entry.is_symlink() and not child.exists()

@@ -1,8 +1,10 @@
 """Crontab entries from the job specs: show, install, remove.
 
 One entry per spec in jobs/ with a [job] schedule, tagged with a comment naming this project
-and the job (`# recall:<hash of the project folder>:<job>`), so installing twice leaves one entry
-per job and entries that are not ours are never touched. python-crontab parses and renders the
+and the job (`# recall:<hash of the project folder>:<job>`), and one more per spec with a
+[nearline] schedule (`# recall:<hash>:<job>:nearline`: `:` is not allowed in a job name, so no job
+can take this tag), so installing twice leaves one entry per job and refresh and entries that
+are not ours are never touched. python-crontab parses and renders the
 entries and validates expressions; the crontab itself is edited line by line, because
 python-crontab's own render re-formats foreign lines (spacing, quoting, env lines moved or
 dropped), and foreign lines must stay byte for byte as they were.
@@ -42,14 +44,22 @@ DEFAULT_ENV = [("SHELL", "/bin/sh"), ("PATH", "/usr/local/bin:/usr/bin:/bin")]
 ENCODING = dict(encoding="utf-8", errors="surrogateescape")  # any byte of a foreign line survives
 
 
+NEARLINE = "nearline"  # the tag suffix and the verb of a job's nearline refresh entry
+
+
 @dataclass(frozen=True)
 class Entry:
-    """One job's crontab entry."""
+    """One job's crontab entry: its nightly run, or its nearline refresh."""
 
     job: str
     schedule: str
     command: str
     comment: str
+    verb: str = "run"
+
+    @property
+    def label(self) -> str:
+        return self.job if self.verb == "run" else f"{self.job} ({self.verb})"
 
     @property
     def line(self) -> str:
@@ -100,8 +110,10 @@ def environment(root: Path) -> list[tuple[str, str]]:
     return pairs
 
 
-def command_for(root: Path, spec_path: Path, env: list[tuple[str, str]]) -> str:
-    """cd to the project, set the shared environment, run the job (catching up missed nights)."""
+def command_for(root: Path, spec_path: Path, env: list[tuple[str, str]], verb: str = "run") -> str:
+    """cd to the project, set the shared environment, run the job (catching up missed nights),
+    or its nearline refresh (its one summary line a few times an hour is not kept: failures
+    still go to cron.out, everything to the job's nearline log)."""
     safe_path(str(root), "the project folder")
     if not SPEC_FILE.match(spec_path.name):
         raise SpecError(f"refusing to put spec file name {spec_path.name!r} into a crontab line: "
@@ -110,13 +122,17 @@ def command_for(root: Path, spec_path: Path, env: list[tuple[str, str]]) -> str:
     safe_path(recall[0], "the recall program")
     q = shlex.quote
     assignments = " ".join(f"{k}={q(v)}" for k, v in env)
+    out = q(str(root / 'logs' / CRON_OUT))
+    if verb == NEARLINE:
+        run = " ".join(q(p) for p in [*recall, "--root", str(root), NEARLINE, f"jobs/{spec_path.name}"])
+        return f"cd {q(str(root))} && env {assignments} {run} > /dev/null 2>> {out}"
     run = " ".join(q(p) for p in [*recall, "--root", str(root), "run", f"jobs/{spec_path.name}", "--catch-up"])
-    return f"cd {q(str(root))} && env {assignments} {run} >> {q(str(root / 'logs' / CRON_OUT))} 2>&1"
+    return f"cd {q(str(root))} && env {assignments} {run} >> {out} 2>&1"
 
 
 def entries(root: Path) -> list[Entry]:
-    """One entry per scheduled spec in jobs/; every spec is loaded and validated first (the
-    first that does not load is the error)."""
+    """One entry per scheduled spec in jobs/, and one per scheduled nearline refresh; every spec
+    is loaded and validated first (the first that does not load is the error)."""
     out, errors = load_entries(root)
     if errors:
         raise errors[0]
@@ -132,16 +148,22 @@ def load_entries(root: Path) -> tuple[list[Entry], list[SpecError]]:
                              "variable RECALL_ROOT=DIR")
     env = environment(root)
     tag = project_tag(root)
-    out, errors = [], []
+    out, errors, names = [], [], []
     for path in sorted(folder.glob("*.toml")):
         try:
             spec = load_job(path)
-            if spec.job.schedule:
-                schedule = " ".join(spec.job.schedule.split())
-                out.append(Entry(spec.name, schedule, command_for(root, path, env), tag + spec.name))
         except SpecError as exc:
             errors.append(exc)
-    names = [e.job for e in out]
+            continue
+        if spec.job.schedule:
+            schedule = " ".join(spec.job.schedule.split())
+            out.append(Entry(spec.name, schedule, command_for(root, path, env), tag + spec.name))
+        if spec.nearline.schedule:
+            schedule = " ".join(spec.nearline.schedule.split())
+            out.append(Entry(spec.name, schedule, command_for(root, path, env, NEARLINE),
+                             f"{tag}{spec.name}:{NEARLINE}", NEARLINE))
+        if spec.job.schedule or spec.nearline.schedule:
+            names.append(spec.name)
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup:
         errors.append(SpecError(f"two specs in {root / 'jobs'} share the job name {dup!r}"))
@@ -158,7 +180,8 @@ def is_ours(line: str, tag: str) -> bool:
     if tag not in line:  # cheap, and keeps python-crontab from logging about foreign lines
         return False
     item = CronItem.from_line(line.rstrip("\r\n"), cron=_PARSER)
-    return item.is_valid() and bool(re.fullmatch(re.escape(tag) + r"[A-Za-z0-9_-]+", item.comment or ""))
+    return item.is_valid() and bool(re.fullmatch(re.escape(tag) + r"[A-Za-z0-9_-]+(:" + NEARLINE + ")?",
+                                                 item.comment or ""))
 
 
 def splice(text: str, tag: str, new: list[str]) -> tuple[str, int]:
@@ -291,7 +314,7 @@ def show(root: Path, tabfile: str | None) -> None:
     one bad spec does not hide the others."""
     wanted, errors = load_entries(root)
     if not wanted:
-        print(f"no spec in {root / 'jobs'} " + ("that loads " if errors else "") + "has a [job] schedule")
+        print(f"no spec in {root / 'jobs'} " + ("that loads " if errors else "") + "has a [job] or [nearline] schedule")
     else:
         print_entries(wanted, root, tabfile)
     if errors:
@@ -312,7 +335,7 @@ def print_entries(wanted: list[Entry], root: Path, tabfile: str | None) -> None:
     for e in wanted:
         runs = ", ".join(t.strftime("%Y-%m-%d %H:%M") for t in next_runs(e.schedule))
         state = installed_state(e, current, tag) if current is not None else "unknown (cannot read crontab)"
-        print(f"{e.line}\n    job {e.job}: next runs {runs} ({zone}); {state} in {where(tabfile)}")
+        print(f"{e.line}\n    job {e.label}: next runs {runs} ({zone}); {state} in {where(tabfile)}")
 
 
 def command(action: str, root: Path, tabfile: str | None) -> int:
@@ -321,7 +344,7 @@ def command(action: str, root: Path, tabfile: str | None) -> int:
     elif action == "install":
         done = install(root, tabfile)
         print(f"installed {len(done)} entr{'y' if len(done) == 1 else 'ies'} into {where(tabfile)}: "
-              f"{', '.join(e.job for e in done) or '-'} (rendered in {root / 'crontab' / RENDERED})")
+              f"{', '.join(e.label for e in done) or '-'} (rendered in {root / 'crontab' / RENDERED})")
     else:
         count = remove(root, tabfile)
         print(f"removed {count} entr{'y' if count == 1 else 'ies'} of {root} from {where(tabfile)}")

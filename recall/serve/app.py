@@ -1,7 +1,8 @@
 """The ASGI application every uvicorn worker runs: routes, limits, JSON answers.
 
-    GET  /v1/{job}/u2i/{user_id}?k=N   the user's u2i rows; an unknown user gets the popular list
-                                       ("fallback": true)
+    GET  /v1/{job}/u2i/{user_id}?k=N   the user's u2i rows, from the nearline overlay when it holds
+                                       the user ("fresh": true); an unknown user gets the popular
+                                       list ("fallback": true)
     POST /v1/{job}/u2i                 {"items": [...most recent first], "weights": [...]?, "k": N?}:
                                        the list the nightly kernel gives that history (fold-in)
     GET  /v1/{job}/i2i/{item_id}?k=N   the item's i2i rows; unknown item: 404
@@ -142,19 +143,19 @@ class App:
     # --- the answers -------------------------------------------------------------------
 
     def u2i(self, snap: Snapshot, raw_id: str, query: bytes) -> bytes:
-        k = parse_k(query, snap.u2i.width)
+        k = parse_k(query, snap.u2i_width)
         user = parse_id(raw_id, snap.integer_users, "user_id")
-        span = snap.u2i.span(user, k)
-        if span is None:
+        found = snap.u2i_span(user, k)  # a refreshed user's fresh rows, else the nightly ones
+        if found is None:
             self.counters.fell_back(snap.job)
-            return answer(snap, {"user_id": user, "fallback": True}, popular_rows(snap, k))
-        lo, hi = span
-        u2i = snap.u2i
+            return answer(snap, {"user_id": user, "fallback": True, "fresh": False}, popular_rows(snap, k))
+        u2i, lo, hi = found
         ids, names = snap.item_values, SOURCE_NAMES
         rows = [{"item_id": ids[i], "score": s, "rank": r, "source": names[c]}
                 for r, (i, s, c) in enumerate(zip(u2i.item[lo:hi].tolist(), u2i.score[lo:hi].tolist(),
                                                   u2i.source[lo:hi].tolist()), 1)]
-        return answer(snap, {"user_id": user, "fallback": False}, rows)
+        fresh = {"fresh": True, "fresh_run_id": snap.fresh_run_id} if u2i is snap.fresh else {"fresh": False}
+        return answer(snap, {"user_id": user, "fallback": False, **fresh}, rows)
 
     def i2i(self, snap: Snapshot, raw_id: str, query: bytes) -> bytes:
         if snap.i2i is None:
@@ -211,7 +212,8 @@ class App:
         return answer(snap, {**extra, "fallback": False}, rows)
 
     def healthz(self) -> bytes:
-        jobs = {job: ({"date": s.date, "run_id": s.run_id} if (s := self.follower.snapshots.get(job)) else None)
+        jobs = {job: ({"date": s.date, "run_id": s.run_id, "fresh_run_id": s.fresh_run_id}
+                      if (s := self.follower.snapshots.get(job)) else None)
                 for job in self.config.jobs}
         missing = [job for job, served in jobs.items() if served is None]
         if missing:
@@ -223,7 +225,8 @@ class App:
         for job in self.config.jobs:
             state = dict(self.follower.states.get(job) or {"job": job})
             snap = self.follower.snapshots.get(job)
-            state.update(job=job, date=snap.date if snap else "", run_id=snap.run_id if snap else "")
+            state.update(job=job, date=snap.date if snap else "", run_id=snap.run_id if snap else "",
+                         fresh_run_id=snap.fresh_run_id if snap else "")
             loaded.append(state)
         return metrics.text(self.counters, loaded).encode()
 

@@ -4,6 +4,7 @@ by every worker through the page cache, never written again (a new run gets a ne
     meta.json                 job, date, run_id, the item side's settings, the parts' kinds
     item_ids.arrow            the item ids (Arrow IPC, the table's type); row i is item index i
     <table>.keys.npy|.arrow   the sorted keys of u2i (user ids) and i2i (item ids)
+    fresh/<refresh run_id>/   a nearline overlay of the run (`build_fresh`): meta.json, u2i.* as above
     <table>.start.npy         int64, key i's rows are start[i]:start[i + 1]
     <table>.item.npy          item index of each row, in rank order (uint16 up to 65,536 items, else int32)
     <table>.score.npy         float32
@@ -33,11 +34,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from recall.kernel.state import ItemIndex, ItemSide
-from recall.serve.snapshot import BUILT, Snapshot
+from recall.serve.snapshot import BUILT, Snapshot, mapped_ids
 from recall.sources import CODE
 from recall.store import item_side
 from recall.store.item_side import PublishedSide
 from recall.store.layout import ITEM_SIDE, SUCCESS, JobDir
+from recall.store.overlay import U2I_FRESH
 
 
 
@@ -82,6 +84,33 @@ def build(job: JobDir, date: str, run_id: str, target: Path) -> float:
             os.rename(tmp, target)
         except OSError:
             if not (target / BUILT).exists():  # another server built it meanwhile: keep theirs
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return time.perf_counter() - started
+
+
+def build_fresh(job: JobDir, date: str, run_id: str, base: Path, target: Path) -> float:
+    """Build the overlay `u2i_fresh` of `date` published by refresh `run_id` into `target`, as
+    keyed arrays over the item ids of the built nightly run `base` (the overlay's items are its
+    item side's). Atomic like `build`; returns the seconds it took."""
+    started = time.perf_counter()
+    if (target / BUILT).exists():
+        return 0.0
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        item_ids = mapped_ids(base / "item_ids.arrow")
+        table = keyed(job.partition(U2I_FRESH, date), run_id, tmp / "u2i", "user_id", "item_id", item_ids,
+                      with_source=True)
+        meta = {"job": job.name, "date": date, "run_id": run_id, "table": table,
+                "built_s": round(time.perf_counter() - started, 3)}
+        (tmp / BUILT).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / BUILT).exists():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -240,11 +269,20 @@ def write_ids(path: Path, ids: pa.Array) -> None:
 def main(argv: list[str]) -> int:
     """`python -m recall.serve.build JOB_FOLDER DATE RUN_ID TARGET` (what the loader runs): build,
     then open the result as every worker will, so a broken run fails here and not there. Exit 0,
-    75 when a rerun replaced the run meanwhile, 1 with the reason on the last stderr line."""
-    job, date, run_id, target = JobDir(Path(argv[0])), argv[1], argv[2], Path(argv[3])
+    75 when a rerun replaced the run meanwhile, 1 with the reason on the last stderr line.
+    `--fresh JOB_FOLDER DATE REFRESH_RUN_ID BASE TARGET` builds a nearline overlay on the built
+    run BASE."""
+    fresh = argv[0] == "--fresh"
+    if fresh:
+        argv = argv[1:]
+    job, date, run_id, target = JobDir(Path(argv[0])), argv[1], argv[2], Path(argv[-1])
     try:
-        seconds = build(job, date, run_id, target)
-        Snapshot.open(target)
+        if fresh:
+            seconds = build_fresh(job, date, run_id, Path(argv[3]), target)
+            Snapshot.open(Path(argv[3])).with_fresh(target)
+        else:
+            seconds = build(job, date, run_id, target)
+            Snapshot.open(target)
     except StaleRun as exc:
         print(exc, file=sys.stderr)
         return 75

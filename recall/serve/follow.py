@@ -38,7 +38,8 @@ class Follower:
         return out
 
     def refresh(self, job: str) -> Snapshot | None:
-        """Read the job's state; the snapshot to swap in when it names a new run (else None)."""
+        """Read the job's state; the snapshot to swap in when it names a new run or a new nearline
+        overlay of the run (else None)."""
         path = state_file(self.instance, job)
         st = path.stat()
         state = read_json(path)
@@ -48,6 +49,10 @@ class Follower:
         fresh = None
         if state.get("folder") and (current is None or current.run_id != state["run_id"]):
             fresh = Snapshot.open(Path(state["folder"]))
+        base = fresh or current
+        overlay = state.get("fresh_run_id") or ""
+        if base is not None and base.fresh_run_id != overlay:
+            fresh = base.with_fresh(Path(state["fresh_folder"]) if overlay else None)
         self.states[job] = state
         self._seen[job] = (st.st_mtime_ns, st.st_size)
         return fresh

@@ -8,6 +8,10 @@ file `<instance>/state-<job>.json` (atomically): the folder to serve and the rec
 (reloads, failures, load time). A run that fails to build is logged and counted there, and the
 old run keeps serving; it is tried again after `RETRY_S` or when a newer run appears.
 
+The served run's nearline overlay (recall.store.overlay) is followed the same way: a new refresh
+of it, once settled, is built into `<run folder>/fresh/<refresh run_id>/` (small: the refreshed
+users only) and announced beside the run; while a refresh is swapping it in, the one served stays.
+
 The build runs in a child process (`python -m recall.serve.build`): its memory (a row group of
 the table at a time, Arrow's pools) goes back to the system when it ends, and this process, the
 supervisor of the workers, imports neither numpy nor pyarrow. Workers follow the state files
@@ -28,6 +32,7 @@ from loguru import logger
 
 from recall.store.atomic import write_atomic
 from recall.store.layout import JobDir
+from recall.store.overlay import overlay_state
 from recall.store.state import is_published, latest, published_dates, read_manifest
 
 POLL_S = 1.0  # the loader's look at _LATEST and the manifests
@@ -44,6 +49,8 @@ class JobState:
     date: str = ""
     run_id: str = ""
     folder: str = ""
+    fresh_run_id: str = ""  # the nearline overlay served with the run ("" for none)
+    fresh_folder: str = ""
     loaded_at: float = 0.0
     load_s: float = 0.0
     reloads: int = 0
@@ -95,8 +102,14 @@ class Loader:
         except OSError as exc:
             logger.warning(f"serve {state.job}: cannot read {job.root}: {exc}")
             return
-        if want is None or want == (state.date, state.run_id):
+        if want is None:
             return
+        if want != (state.date, state.run_id):
+            self.load_run(state, job, want)
+        if want == (state.date, state.run_id):
+            self.follow_overlay(state, job)
+
+    def load_run(self, state: JobState, job: JobDir, want: tuple[str, str]) -> None:
         date, run_id = want
         if state.failing == run_id and time.time() - state.tried_at < RETRY_S:
             return
@@ -121,14 +134,52 @@ class Loader:
         if state.run_id:
             state.reloads += 1
         state.date, state.run_id, state.folder = date, run_id, str(target)
+        state.fresh_run_id = state.fresh_folder = ""  # an overlay belongs to its run: followed next
         state.loaded_at, state.load_s, state.failing, state.error = time.time(), round(seconds, 3), "", ""
         self.announce(state)
         logger.info(f"serve {state.job}: loaded run {run_id} of {date} in {seconds:.2f}s")
         self.prune(state.job, target)
 
-    def prune(self, job: str, keep: Path) -> None:
-        """Drop built runs of `job` but the newest KEEP_BUILT (a worker may still be opening the one before)."""
-        built = sorted((p for p in (self.cache / job).iterdir() if p.is_dir() and p != keep and not p.name.startswith(".")),
+    def follow_overlay(self, state: JobState, job: JobDir) -> None:
+        """Build and announce the served run's newest settled overlay (or its going away)."""
+        try:
+            overlay, settled = overlay_state(job, state.date, state.run_id)
+        except OSError as exc:
+            logger.warning(f"serve {state.job}: cannot read the overlay of {state.date}: {exc}")
+            return
+        fresh = overlay.run_id if overlay else ""
+        if not settled or fresh == state.fresh_run_id:
+            return
+        if state.failing == fresh and time.time() - state.tried_at < RETRY_S:
+            return
+        target = Path(state.folder) / "fresh" / fresh
+        if fresh:
+            state.tried_at = time.time()
+            done = subprocess.run([sys.executable, "-m", "recall.serve.build", "--fresh", str(job.root), state.date,
+                                   fresh, state.folder, str(target)], capture_output=True, text=True)
+            if done.returncode == STALE:
+                return
+            if done.returncode != 0:
+                state.failures += 1
+                state.failing, state.error = fresh, last_line(done.stderr) or f"exit {done.returncode}"
+                logger.error(f"serve {state.job}: the overlay {fresh} of {state.date} failed to load; still serving "
+                             + (f"overlay {state.fresh_run_id}" if state.fresh_run_id else "the run without one")
+                             + f": {state.error}\n" + done.stderr.strip()[-4000:])
+                self.announce(state)
+                return
+        state.fresh_run_id, state.fresh_folder = fresh, str(target) if fresh else ""
+        state.failing, state.error = "", ""
+        self.announce(state)
+        logger.info(f"serve {state.job}: " + (f"overlay {fresh} of {state.date} loaded" if fresh else
+                                              f"no overlay for {state.date} any more"))
+        if fresh:
+            self.prune(state.job, target, Path(state.folder) / "fresh")
+
+    def prune(self, job: str, keep: Path, folder: Path | None = None) -> None:
+        """Drop built runs of `job` (or overlays in `folder`) but the newest KEEP_BUILT (a worker
+        may still be opening the one before)."""
+        folder = folder or self.cache / job
+        built = sorted((p for p in folder.iterdir() if p.is_dir() and p != keep and not p.name.startswith(".")),
                        key=lambda p: p.stat().st_mtime, reverse=True)
         for old in built[KEEP_BUILT - 1:]:
             shutil.rmtree(old, ignore_errors=True)  # mapped files stay readable until unmapped

@@ -103,6 +103,8 @@ def text(counters: Counters, loaded: list[dict]) -> str:
     gauges = [
         ("recall_serve_loaded_info", "gauge", "The run each job is served from (1), by date and run id.",
          lambda j: (f'job="{j["job"]}",date="{j["date"]}",run_id="{j["run_id"]}"', 1) if j.get("run_id") else None),
+        ("recall_serve_fresh_info", "gauge", "The nearline overlay served with each job's run (1), by refresh run id.",
+         lambda j: (f'job="{j["job"]}",run_id="{j["fresh_run_id"]}"', 1) if j.get("fresh_run_id") else None),
         ("recall_serve_loaded_timestamp_seconds", "gauge", "When the served run was loaded.",
          lambda j: (f'job="{j["job"]}"', j["loaded_at"]) if j.get("loaded_at") else None),
         ("recall_serve_load_seconds", "gauge", "How long building the served run took.",

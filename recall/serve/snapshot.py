@@ -7,6 +7,7 @@ once and answers from it alone, so a reload (a new snapshot swapped in) can neve
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,6 +134,30 @@ class Snapshot:
     fold: FoldIn | None
     integer_users: bool
     integer_items: bool
+    fresh: Lists | None = None  # the nearline overlay of the run: refreshed users' lists (recall.store.overlay)
+    fresh_run_id: str = ""
+
+    @property
+    def u2i_width(self) -> int:
+        """The longest u2i list of the run and its overlay: the most a request may ask for."""
+        return max(self.u2i.width, self.fresh.width if self.fresh is not None else 0)
+
+    def u2i_span(self, user: int | str, k: int) -> tuple[Lists, int, int] | None:
+        """Where a user's first k u2i rows are: in the overlay when it holds the user, else in
+        the nightly table; None for a user neither knows."""
+        for lists in (self.fresh, self.u2i):
+            if lists is not None and (span := lists.span(user, k)) is not None:
+                return lists, *span
+        return None
+
+    def with_fresh(self, folder: Path | None) -> Snapshot:
+        """The same run with the overlay built in `folder` (recall.serve.build.build_fresh), or
+        without any overlay (None)."""
+        if folder is None:
+            return dataclasses.replace(self, fresh=None, fresh_run_id="")
+        meta = json.loads((folder / BUILT).read_text(encoding="utf-8"))
+        return dataclasses.replace(self, fresh=Lists.open(folder, "u2i", meta["table"]["width"]),
+                                   fresh_run_id=meta["run_id"])
 
     @classmethod
     def open(cls, folder: Path) -> Snapshot:

@@ -89,6 +89,9 @@ def check_spec(spec: JobSpec, source: str, origins=None) -> None:
     need(0 < mon.timeout <= 3600, "[monitor] timeout", "must be within 0..3600 seconds")
     need(bool(spec.spark.master.strip()), "[spark] master", "must name a master (local[2], spark://..., yarn)")
     need(spec.spark.users_per_task >= 0, "[spark] users_per_task", "must be >= 0 (0: automatic)")
+    if spec.nearline.schedule:
+        check_expression(spec.nearline.schedule, f"{source}: [nearline] schedule")
+    need(spec.nearline.threads >= 0, "[nearline] threads", "must be >= 0 (0: as [model] threads)")
     g = spec.gate
     need(0 <= g.max_recall_drop <= 1, "[gate] max_recall_drop", "must be within 0..1")
     need(g.min_rows >= 0, "[gate] min_rows", "must be >= 0")

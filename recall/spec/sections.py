@@ -169,6 +169,14 @@ class AutotuneSection:
 
 
 @dataclass
+class NearlineSection:
+    """`recall nearline`: the users active since the nightly run, refreshed every few minutes."""
+
+    schedule: str = ""  # cron expression of the refresh (beside the nightly entry); empty: not scheduled
+    threads: int = 0  # 0: as [model] threads
+
+
+@dataclass
 class LogSection:
     dir: str = "logs"
     rotation: str = "50 MB"
@@ -212,6 +220,7 @@ class JobSpec:
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
     gate: GateSection = field(default_factory=GateSection)
     autotune: AutotuneSection = field(default_factory=AutotuneSection)
+    nearline: NearlineSection = field(default_factory=NearlineSection)
     log: LogSection = field(default_factory=LogSection)
     monitor: MonitorSection = field(default_factory=MonitorSection)
     spark: SparkSection = field(default_factory=SparkSection)

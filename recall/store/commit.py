@@ -20,17 +20,21 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow.parquet as pq
 from loguru import logger
 
 from recall.errors import OutputError
 from recall.store.atomic import exchange, fsync_dir, fsync_file, read_json, write_atomic
-from recall.store.layout import JOURNAL, MANIFESTS, NAMED, STAGING, SUCCESS, JobDir, data_files, next_part, part_name
+from recall.store.layout import JOURNAL, NAMED, SUCCESS, JobDir, data_files, next_part, part_name
 from recall.store.records import Manifest, Marker, to_json
 from recall.store.state import is_published, latest, manifest_dates, read_latest
 from recall.testpoint import pause_point
 from recall.timer import Timer
+
+if TYPE_CHECKING:
+    from recall.store.overlay import FreshManifest
 
 
 @dataclass(frozen=True)
@@ -52,8 +56,11 @@ class Publication:
         names) and write our _SUCCESS."""
         return seal(self.folder(table), self.job.partition(table, self.date), self.run_id, keep_names=table in NAMED)
 
-    def publish(self, manifest: Manifest, keep_days: int, timer: Timer | None = None) -> tuple[str, list[str]]:
-        """Publish every table of `manifest` (sealed), then the manifest, `_LATEST`, retention.
+    def publish(self, manifest: Manifest | FreshManifest, keep_days: int, timer: Timer | None = None
+                ) -> tuple[str, list[str]]:
+        """Publish every table of `manifest` (sealed), then the manifest, `_LATEST`, retention
+        (each where `self.job` keeps them: the nearline overlay's lane has its own, see
+        recall.store.overlay).
         Returns the newest published date and the dates retired. On any failure the date is put
         back as it was before raising (OutputError for an OSError). The time the tables take to
         appear is the `publish` step of `timer`, recorded in the manifest."""
@@ -176,7 +183,7 @@ def recover(job: JobDir) -> list[str]:
     other run's partitions are swapped back out, so its date is exactly as before that run.
     Call under the job's lock, before clearing staging (which holds the previous partitions).
     """
-    folder = job.root / STAGING
+    folder = job.staging_root
     settled = []
     for run in sorted(folder.iterdir()) if folder.is_dir() else []:
         note = read_json(run / JOURNAL)
@@ -222,9 +229,9 @@ def clear_staging(job: JobDir) -> list[str]:
     """Remove staging folders and temporary files left by crashed runs (call only while holding
     the job's lock); a folder whose publish is not settled (see `recover`) is kept: it holds the
     previous data."""
-    for stale in [*job.root.glob(".*.tmp-*"), *(job.root / MANIFESTS).glob(".*.tmp-*")]:
+    for stale in [*job.home.glob(".*.tmp-*"), *job.manifest_dir.glob(".*.tmp-*")]:
         stale.unlink(missing_ok=True)  # a write_atomic cut short by a kill
-    folder = job.root / STAGING
+    folder = job.staging_root
     if folder.is_symlink() or not folder.is_dir():  # a planted link: never delete through it
         return []
     removed = []

@@ -7,6 +7,10 @@
     _staging/<run_id>/<table>/dt=D/                          a run's work in progress
     _history.jsonl, _lock                                    the run history, the job's lock
     _tuned.json                                              settings the run's own search chose
+
+The files private to the nightly run (manifests, _LATEST, staging, history, lock) are under the
+JobDir's `home`, the job folder itself; the nearline refresh keeps its own under `_nearline/`
+(recall.store.overlay), so neither ever cleans up, rolls back or waits for the other's work.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ JOURNAL = "_PUBLISHING"
 HISTORY = "_history.jsonl"
 LOCK = "_lock"
 TUNED = "_tuned.json"
-TABLES = ("u2i", "i2i", "popular")  # the tables a run may publish (readers refuse other names)
+TABLES = ("u2i", "i2i", "popular", "u2i_fresh")  # the tables runs publish (readers refuse other names)
 ITEM_SIDE = "item_side"  # the model's item side, published with the tables (recall.store.item_side)
 NAMED = (ITEM_SIDE,)  # partitions whose files keep their own names when sealed
 PART_RE = re.compile(r"^part-(\d{5,})\.parquet$")
@@ -43,27 +47,40 @@ class JobDir:
     def partition(self, table: str, date: str) -> Path:
         return self.root / table / f"dt={date}"
 
+    @property
+    def home(self) -> Path:
+        """Where the publisher's own files are: manifests, _LATEST, staging, history, lock."""
+        return self.root
+
+    @property
+    def manifest_dir(self) -> Path:
+        return self.home / MANIFESTS
+
     def manifest(self, date: str) -> Path:
-        return self.root / MANIFESTS / f"dt={date}.json"
+        return self.manifest_dir / f"dt={date}.json"
 
     @property
     def latest_file(self) -> Path:
-        return self.root / LATEST
+        return self.home / LATEST
 
     @property
     def history_file(self) -> Path:
-        return self.root / HISTORY
+        return self.home / HISTORY
 
     @property
     def lock_file(self) -> Path:
-        return self.root / LOCK
+        return self.home / LOCK
 
     @property
     def tuned_file(self) -> Path:
         return self.root / TUNED
 
+    @property
+    def staging_root(self) -> Path:
+        return self.home / STAGING
+
     def staging(self, run_id: str) -> Path:
-        return self.root / STAGING / run_id
+        return self.staging_root / run_id
 
     def staged(self, run_id: str, table: str, date: str) -> Path:
         return self.staging(run_id) / table / f"dt={date}"

@@ -11,7 +11,7 @@ import json
 import re
 
 from recall.store.atomic import read_json
-from recall.store.layout import MANIFESTS, SUCCESS, JobDir
+from recall.store.layout import SUCCESS, JobDir
 from recall.store.records import Manifest, Marker
 
 
@@ -124,7 +124,7 @@ def manifest_problem(job: JobDir, date: str) -> str | None:
 
 def manifest_dates(job: JobDir) -> list[str]:
     """Dates that have a manifest file, oldest first."""
-    folder = job.root / MANIFESTS
+    folder = job.manifest_dir
     if not folder.is_dir():
         return []
     return sorted(d for p in folder.glob("dt=*.json") if is_date(d := p.name[3:-5]))
