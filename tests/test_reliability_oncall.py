@@ -234,7 +234,7 @@ def test_a_corrupt_manifest_is_rebuilt_and_the_backtest_and_gate_say_what_they_l
     said = lines(res)
     assert len(said) == 2, res.stderr
     assert said[0].startswith(f"recall: warning: tiny {D3}: {path} is not JSON")
-    assert said[0].endswith(f"rebuilt from the _SUCCESS markers of its tables (u2i, i2i, popular, run {good['run_id']}), "
+    assert said[0].endswith(f"rebuilt from the _SUCCESS markers of its tables (u2i, i2i, popular, item_side, run {good['run_id']}), "
                             f"without its metrics; the bad file is kept as dt={D2}.json.corrupt")
     assert said[1] == (f"recall: warning: tiny {D3}: the [gate] max_recall_drop check has no reference: the manifest "
                        f"of {D2} was rebuilt from its tables' _SUCCESS markers, without its metrics")

@@ -96,17 +96,19 @@ def test_the_report_reads_well_in_a_real_browser(reported, tmp_path):
     # the charts load, and each shows one thing: the holdout, the backtest, the rows per table
     alts = [i["alt"] for i in found["images"]]
     assert len(alts) == 3 and all(i["natural"] > 0 and i["shown"] > 0 for i in found["images"]), found["images"]
-    assert alts[0].startswith("holdout recall@10 by date: published lists (merged), als, item_based, recent_popular")
+    assert alts[0] == ("holdout recall@10 by date: published lists (merged), als, ease, item_based, popular, "
+                       "recent_popular, popular baseline")
     assert "backtest" not in alts[0] and alts[1] == "backtest recall@10 by date"
     assert alts[2] == "rows per table by date: u2i, i2i, popular"
     # every column says what it means, in its header and in the glossary
-    quality, runs, failures = found["tables"]
-    for table in (quality, runs):
+    quality, per_source, runs, failures = found["tables"]
+    for table in (quality, per_source, runs):
         for header in table["headers"]:
             assert header["title"], f"column {header['text']!r} is not explained"
             assert header["text"] in found["glossary"], header["text"]
     assert [h["text"] for h in quality["headers"]][:7] == [
         "date", "recall@10", "NDCG@10", "hit rate@10", "coverage", "popular baseline", "backtest"]
+    assert [h["text"] for h in per_source["headers"]] == ["date", "als", "ease", "item_based", "popular", "recent_popular"]
     assert [h["text"] for h in runs["headers"]] == [
         "date", "run id", "published (UTC)", "forced", "quality gate", "input rows", "bad rows", "users × items",
         "u2i rows", "i2i rows", "popular rows", "run time"]

@@ -65,9 +65,14 @@ def columns_quality(k: int | str, sources: list[str]) -> list[Column]:
         Column("blend", "blend", "The sources the published lists blend, with their weights, and where the blend "
                                  "came from (chosen on the holdout, kept from an earlier run, or the spec's).", "note"),
     ]
-    cols += [Column(f"source:{name}", html.escape(name), f"Holdout recall@{k} of the {name} source alone ("
-                    + SOURCE_TEXT.get(name, "a source of the blend") + ").", "recall") for name in sources]
     return cols
+
+
+def columns_sources(k: int | str, sources: list[str]) -> list[Column]:
+    """The date and each source alone: a table of its own, so neither table outgrows the page."""
+    return [columns_quality(k, sources)[0]] + [
+        Column(f"source:{name}", html.escape(name), f"Holdout recall@{k} of the {name} source alone ("
+               + SOURCE_TEXT.get(name, "a source of the blend") + ").", "recall") for name in sources]
 
 
 def columns_runs(tables: list[str]) -> list[Column]:
@@ -334,6 +339,9 @@ def render(job: str, out: JobDir, gate: GateSection) -> str:
         parts.append(table_html(rows, columns_quality(k, sources), flagged,
                                 f"Rows marked <b>drop</b>: recall@{k} or u2i rows fell more than "
                                 f"{gate.max_recall_drop:.0%} from the date before. Hover a header for its meaning."))
+        if sources:
+            parts.append(table_html(rows, columns_sources(k, sources), set(),
+                                    f"Each source alone on the same holdout users: recall@{k} of its own list."))
         parts.append("<h2>Runs</h2>")
         parts.append(f"<figure><img alt='rows per table by date: {html.escape(', '.join(tables))}' "
                      f"src='{rows_chart(rows, tables)}'><figcaption>Each table on its own scale: their sizes "
@@ -355,7 +363,8 @@ def render(job: str, out: JobDir, gate: GateSection) -> str:
                          f"<td class='wrap'>{cell(f.error or None, 'text')}</td></tr>")
         parts.append("</table></div>")
     if rows:
-        glossary = {c.title: c.meaning for c in columns_quality(k, sources) + columns_runs(tables)}
+        glossary = {c.title: c.meaning for c in columns_quality(k, sources) + columns_sources(k, sources)
+                    + columns_runs(tables)}
         parts.append("<h2>What the columns mean</h2><dl>" + "".join(
             f"<dt>{t}</dt><dd>{html.escape(m)}</dd>" for t, m in glossary.items()) + "</dl>")
     return "\n".join(parts) + "\n</html>\n"
