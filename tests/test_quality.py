@@ -147,5 +147,5 @@ def test_report_renders_every_published_date(project, cli):
     page = (project / "data" / "reports" / "small.html").read_text()
     assert page.count("data:image/png;base64,") == 3  # the holdout, the backtest, the rows per table
     for date in ("2026-11-18", "2026-11-19", DATE):
-        assert page.count(f"<td class='text'>{date}</td>") == 2  # in the quality and in the runs table
+        assert page.count(f"<td class='text'>{date}</td>") == 3  # in the quality, per-source and runs tables
     assert "published lists (merged)" in page and "popular baseline" in page and "backtest" in page

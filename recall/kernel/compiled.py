@@ -31,7 +31,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import scipy.sparse as sp
-from implicit.nearest_neighbours import bm25_weight, normalize
 from numba import njit, prange
 from threadpoolctl import ThreadpoolController
 
@@ -1007,6 +1006,9 @@ def item_based(neighbours: np.ndarray, similarity: np.ndarray, recent: np.ndarra
 def cooccurrence_weights(user_items, kind: str, k1: float = 1.2, b: float = 0.75):
     """The users x items weights implicit's recommenders fit on (BM25: bm25_weight over item rows;
     cosine: item rows scaled to unit length), computed by implicit's own functions, float64 CSR."""
+    # imported here: the serving processes use this module's search kernels, never this
+    from implicit.nearest_neighbours import bm25_weight, normalize
+
     counts = user_items.tocsr()
     if kind == "bm25":
         weighted = bm25_weight(counts.T, k1, b).T
