@@ -184,7 +184,7 @@ def write_u2i(model: Model, how: Blend, spec: JobSpec, publication: Publication,
             with timer.step(name, quiet=True):
                 lists += source_lists(model.side, batch, (name,), k, threads)
         with timer.step("blend", quiet=True):
-            merged = merge(model.side, batch, lists, how, k)
+            merged = merge(model.side, batch, lists, how, k, threads)
         with timer.step("check", quiet=True):
             broken = contract_violation(model.side, batch, merged, k)
         if broken:

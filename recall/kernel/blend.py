@@ -38,15 +38,17 @@ class Blend:
                    dict(data.get("quotas") or {}))
 
 
-def blend(lists: list[Candidates], names: list[str], k: int, how: Blend) -> Merged:
-    """Merge per-source lists (`names[i]` is the name of lists[i]) into at most k unique items per user."""
+def blend(lists: list[Candidates], names: list[str], k: int, how: Blend, n_items: int | None = None,
+          threads: int = 1) -> Merged:
+    """Merge per-source lists (`names[i]` is the name of lists[i]) into at most k unique items per user
+    (`n_items`, the catalogue size, lets a weighted blend run compiled; see fuse)."""
     if len(lists) == 1:  # one source's list is already unique, best first, pads last
         only = lists[0]
         items, scores = only.items[:, :k], only.scores[:, :k].astype(np.float32)
         code = np.where(items >= 0, only.source, -1).astype(np.int8)
         return Merged(*compact(items >= 0, k, items, scores, code, fills=(-1, -np.inf, -1)))
     if how.mode == "weighted":
-        return fuse(lists, [how.weights.get(n, 0.0) for n in names], k)
+        return fuse(lists, [how.weights.get(n, 0.0) for n in names], k, n_items, threads)
     items = np.hstack([c.items for c in lists])
     scores = np.hstack([c.scores for c in lists]).astype(np.float32)
     source = np.hstack([np.full(c.items.shape, c.source, np.int8) for c in lists])
@@ -62,8 +64,21 @@ def blend(lists: list[Candidates], names: list[str], k: int, how: Blend) -> Merg
     return Merged(*compact(valid, k, items, scores, source, fills=(-1, -np.inf, -1)))
 
 
-def fuse(lists: list[Candidates], weights: list[float], k: int) -> Merged:
-    """Weighted reciprocal-rank fusion; a row's source is the source contributing most to its score."""
+def fuse(lists: list[Candidates], weights: list[float], k: int, n_items: int | None = None,
+         threads: int = 1) -> Merged:
+    """Weighted reciprocal-rank fusion; a row's source is the source contributing most to its score.
+
+    With the catalogue size `n_items`, the compiled kernel (recall.kernel.compiled.fuse_top_k);
+    without, the same sums with sorts over the rows (what the kernel is checked against)."""
+    if n_items is not None:
+        from recall.kernel import compiled  # numba: imported when a blend first needs it
+
+        contrib = np.concatenate([weight / (RRF_OFFSET + 1 + np.arange(c.items.shape[1]))
+                                  for c, weight in zip(lists, weights)])
+        code = np.concatenate([np.full(c.items.shape[1], c.source, np.int8) for c in lists])
+        items, scores, source = compiled.fuse(np.hstack([c.items for c in lists]), contrib, code, len(lists),
+                                              n_items, k, threads)
+        return Merged(items, scores, source)
     items = np.hstack([c.items for c in lists])
     rank = np.hstack([np.broadcast_to(np.arange(c.items.shape[1]), c.items.shape) for c in lists])
     w = np.hstack([np.full(c.items.shape, weight) for c, weight in zip(lists, weights)])

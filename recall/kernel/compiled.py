@@ -681,6 +681,79 @@ def item_based_top_k(neighbours, similarity, recent, seen_indptr, seen_indices, 
     return items, scores
 
 
+# --- weighted blend: reciprocal-rank fusion of per-source lists ---------------------------------
+
+
+@_jit()
+def fuse_top_k(items, contrib, code, n_lists, n_items, k):
+    """Each row's k best items by summed contribution over the per-source lists side by side.
+
+    items: B x W (the lists' columns one after the other, int64, -1 pads; each list unique per
+    row); contrib: W float64, a column's contribution (its source's weight / (61 + rank)); code: W
+    int8, its source's code. An item's total is the float64 sum of its contributions largest first
+    (ties in column order) and its code the largest contributor's, exactly as recall.kernel.blend
+    sums them with sorts; rounded to float32. Returns (items int64, scores float32, codes int8),
+    B x k, by score descending, ties by item ascending, -1 / -inf / -1 pads.
+    """
+    b_total, width = items.shape
+    out_items = np.full((b_total, k), -1, np.int64)
+    out_scores = np.full((b_total, k), -np.inf, np.float32)
+    out_code = np.full((b_total, k), -1, np.int8)
+    if k <= 0:
+        return out_items, out_scores, out_code
+    mark = np.full(n_items, -1, np.int64)  # == b: item touched in row b, at slot[item]
+    slot = np.empty(n_items, np.int64)
+    touched = np.empty(width, np.int64)
+    count = np.empty(width, np.int64)
+    vals = np.empty((width, n_lists), np.float64)  # a slot's contributions, largest first
+    codes = np.empty((width, n_lists), np.int8)
+    keys = np.empty(max(width, 1), np.uint64)
+    tmp = np.empty(max(width, 1), np.uint64)
+    total = np.empty(1, np.float32)
+    total_bits = total.view(np.uint32)
+    for b in range(b_total):
+        nt = 0
+        for j in range(width):
+            it = items[b, j]
+            if it < 0:
+                continue
+            if mark[it] != b:
+                mark[it] = b
+                slot[it] = nt
+                touched[nt] = it
+                count[nt] = 0
+                nt += 1
+            s = slot[it]
+            c = contrib[j]
+            p = count[s]
+            if p == n_lists:
+                raise ValueError("a source's list repeats an item")
+            while p > 0 and vals[s, p - 1] < c:  # after equal ones: ties stay in column order
+                vals[s, p] = vals[s, p - 1]
+                codes[s, p] = codes[s, p - 1]
+                p -= 1
+            vals[s, p] = c
+            codes[s, p] = code[j]
+            count[s] += 1
+        for t in range(nt):
+            acc = 0.0
+            for q in range(count[t]):
+                acc += vals[t, q]
+            total[0] = np.float32(acc) + np.float32(0.0)
+            keys[t] = _key(total_bits[0], touched[t])
+        kk = min(k, nt)
+        if nt > kk:
+            _select(keys, nt, kk)
+        _sort(keys, kk, tmp)
+        for t in range(kk):
+            it = np.int64(keys[t] & np.uint64(0xFFFF_FFFF))
+            out_items[b, t] = it
+            total_bits[0] = _key_bits(keys[t])
+            out_scores[b, t] = total[0]
+            out_code[b, t] = codes[slot[it], 0]
+    return out_items, out_scores, out_code
+
+
 # --- item-kNN from co-occurrence ---------------------------------------------------------------
 
 
@@ -886,6 +959,24 @@ def in_chunks(n: int, chunk: int, threads: int, run) -> None:
             with ThreadPoolExecutor(max_workers=threads) as pool:
                 for f in [pool.submit(run, s, min(s + chunk, n)) for s in starts]:
                     f.result()
+
+
+def fuse(items: np.ndarray, contrib: np.ndarray, code: np.ndarray, n_lists: int, n_items: int, k: int,
+         threads: int = 1, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """fuse_top_k over `threads` threads."""
+    items = np.ascontiguousarray(items, dtype=np.int64)
+    contrib = np.ascontiguousarray(contrib, dtype=np.float64)
+    code = np.ascontiguousarray(code, dtype=np.int8)
+    b = len(items)
+    out = (np.empty((b, max(k, 0)), np.int64), np.empty((b, max(k, 0)), np.float32),
+           np.empty((b, max(k, 0)), np.int8))
+
+    def run(a: int, c: int) -> None:
+        for target, part in zip(out, fuse_top_k(items[a:c], contrib, code, n_lists, n_items, k)):
+            target[a:c] = part
+
+    in_chunks(b, chunk, threads, run)
+    return out
 
 
 def exclusion_lists(exclude, item_idx: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,7 @@ from recall.sources import CODE, FALLBACK, SOURCES
 def recommend(side: ItemSide, batch: UserBatch, how: Blend, k: int, threads: int = 1) -> Merged:
     """Each user's u2i list: the blend of its sources, topped up from the fallback to exactly
     min(k, unseen allowed items) rows."""
-    return merge(side, batch, source_lists(side, batch, how.sources, k, threads), how, k)
+    return merge(side, batch, source_lists(side, batch, how.sources, k, threads), how, k, threads)
 
 
 def source_lists(side: ItemSide, batch: UserBatch, names: tuple[str, ...] | list[str], k: int,
@@ -26,9 +26,9 @@ def source_lists(side: ItemSide, batch: UserBatch, names: tuple[str, ...] | list
     return [Candidates(CODE[name], *SOURCES[name].candidates(side, batch, k, threads)) for name in names]
 
 
-def merge(side: ItemSide, batch: UserBatch, lists: list[Candidates], how: Blend, k: int) -> Merged:
+def merge(side: ItemSide, batch: UserBatch, lists: list[Candidates], how: Blend, k: int, threads: int = 1) -> Merged:
     """Blend per-source lists (in `how.sources` order) and top up from the fallback."""
-    merged = blend(lists, list(how.sources), k, how)
+    merged = blend(lists, list(how.sources), k, how, batch.n_items, threads)
     return top_up(merged, side.popular, CODE[FALLBACK], batch, target_lengths(side, batch, k), k)
 
 
