@@ -1,3 +1,3 @@
-from recall.cli import main
+from recall.cli import entry
 
-raise SystemExit(main())
+entry()

@@ -455,6 +455,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def entry() -> None:
+    """The `recall` command (console script and `python -m recall`): main(), then, everything
+    flushed, out at once. Native thread pools (Arrow's) can abort a process in their teardown at
+    interpreter exit right after a read (apache/arrow#34314, #39862): exit 134 after a run that
+    succeeded. Nothing is left to do by then: files are closed and the lock released, and a Spark
+    JVM stops with its own session, or on its stdin closing."""
+    code = main()
+    logger.remove()  # flush and close the log files
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can be said there
+            pass
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     # published files are never world-writable, whatever the umask (group-write stays as set)
     os.umask(os.umask(0o022) | 0o002)
