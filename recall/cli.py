@@ -49,11 +49,14 @@ class Parser(argparse.ArgumentParser):
         verb = self.prog.removeprefix("recall").strip()
         if not verb and "required: VERB" in message:
             raise SpecError("no VERB given; usage: recall [--root DIR] VERB [ARGS], VERB one of "
-                            + ", ".join(VERBS), hint="see `recall --help`, or `recall VERB --help`")
+                            + ", ".join(verbs(self)), hint="see `recall --help`, or `recall VERB --help`")
         raise SpecError(f"{verb}: {message}" if verb else message, hint=f"see `{self.prog} --help`")
 
 
-VERBS = ("run", "backfill", "status", "check", "tune", "report", "cron", "generate", "datasets", "demo")
+def verbs(parser: argparse.ArgumentParser) -> list[str]:
+    """The verbs the parser knows, in the order they were added."""
+    return [name for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+            for name in action.choices]
 
 
 def project_root(args: argparse.Namespace) -> Path:

@@ -18,6 +18,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
+from recall.cli import build_parser, verbs
 from recall.store.reader import read_table
 from tests.support.cli import environment, run_cli, run_on_terminal
 from tests.support.failures import assert_refused, record
@@ -36,9 +37,11 @@ def recall_in(folder: Path, *args: str, env: dict | None = None, timeout: float 
 def test_recall_without_a_verb_prints_one_clean_usage_line(tmp_path):
     res = recall_in(tmp_path)
     record("command line: no verb", res)
-    line = assert_refused(res, 2, "no VERB given; usage: recall [--root DIR] VERB [ARGS], VERB one of run, backfill",
+    line = assert_refused(res, 2, "no VERB given; usage: recall [--root DIR] VERB [ARGS], VERB one of run, ",
                           "see `recall --help`")
     assert "recall: recall" not in line
+    named = line.split("VERB one of ")[1].split(";")[0].split(", ")
+    assert named == verbs(build_parser()) and {"run", "nearline", "serve", "demo"} <= set(named)
     res = recall_in(tmp_path, "run")
     line = assert_refused(res, 2, "recall: run: the following arguments are required: JOB", "see `recall run --help`")
     assert "recall: recall" not in line
