@@ -529,6 +529,8 @@ def ivf_top_k_keys(queries, probes, offsets, vectors, item_idx, k, ex_indptr, ex
                     r = rows[a]
                     e0, e1 = ex_indptr[q0 + r], ex_indptr[q0 + r + 1]
                     e = _seek(ex_pos, e0, e1, lo)
+                    # _scan's loop without its CHUNK pre-count: a cell's blocks are short, and
+                    # calling _scan here measured 1.05 s against 0.79-0.91 s (40k queries, 447 cells)
                     cnt = counts[r]
                     limit = limits[r, 0]
                     thr = _row_threshold(limit, one, one_bits)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+from collections.abc import Callable
+from pathlib import Path
 
 from recall.store.atomic import read_json
 from recall.store.layout import SUCCESS, JobDir
@@ -89,24 +91,21 @@ def latest(job: JobDir) -> str | None:
 def marker_problem(job: JobDir, table: str, date: str) -> str | None:
     """What is wrong with a partition's _SUCCESS (None when it reads as a marker, or is absent)."""
     path = job.partition(table, date) / SUCCESS
-    try:
-        data = path.read_bytes()
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except OSError as exc:
-        return f"cannot read {path}: {exc.strerror}"
-    try:
-        parsed = json.loads(data)
-    except ValueError:
-        parsed = None
-    if not isinstance(parsed, dict) or Marker.from_dict(parsed) is None:
-        return f"{path} is not a partition marker (it holds {shown(data)})"
-    return None
+    return record_problem(path, Marker.from_dict, "is not a partition marker", "is not a partition marker",
+                          show_held=True)
 
 
 def manifest_problem(job: JobDir, date: str) -> str | None:
     """What is wrong with a date's manifest file (None when it reads as a manifest, or is absent)."""
-    path = job.manifest(date)
+    return record_problem(job.manifest(date), Manifest.from_dict, "is not JSON",
+                          "is not a manifest (JSON without its job, date, run_id and tables)")
+
+
+def record_problem(path: Path, from_dict: Callable[[dict], object], not_json: str, not_record: str,
+                   show_held: bool = False) -> str | None:
+    """What is wrong with a JSON record file: unreadable, `not_json` (what it holds shown), or
+    `not_record` when `from_dict` refuses it (what it holds shown with `show_held`); None when it
+    reads, or is absent."""
     try:
         data = path.read_bytes()
     except (FileNotFoundError, NotADirectoryError):
@@ -116,9 +115,9 @@ def manifest_problem(job: JobDir, date: str) -> str | None:
     try:
         parsed = json.loads(data)
     except ValueError:
-        return f"{path} is not JSON (it holds {shown(data)})"
-    if not isinstance(parsed, dict) or Manifest.from_dict(parsed) is None:
-        return f"{path} is not a manifest (JSON without its job, date, run_id and tables)"
+        return f"{path} {not_json} (it holds {shown(data)})"
+    if not isinstance(parsed, dict) or from_dict(parsed) is None:
+        return f"{path} {not_record}" + (f" (it holds {shown(data)})" if show_held else "")
     return None
 
 
