@@ -63,6 +63,7 @@ threads = 2
 
 [recall.u2i]
 k = 100
+blend = "weighted"  # every source with its default weight: the refresh's heaviest kernel, not one chosen per log
 
 [recall.i2i]
 k = 50
