@@ -167,6 +167,16 @@ def memory_kb(pid: int) -> tuple[int, int]:
     return rss, pss
 
 
+def memory(pid: int, disk: int) -> dict:
+    """RSS and PSS over the server's processes, against u2i + item side on disk (`disk` bytes)."""
+    tree = process_tree(pid)
+    mem = [memory_kb(p) for p in tree]
+    pss = sum(m[1] for m in mem) / 1024
+    return {"processes": len(tree), "rss_mb": sum(m[0] for m in mem) / 1024, "pss_mb": pss,
+            "largest_rss_mb": max(m[0] for m in mem) / 1024, "u2i_plus_item_side_on_disk_mb": disk / 2 ** 20,
+            "pss_ratio": pss / (disk / 2 ** 20)}
+
+
 HZ = os.sysconf("SC_CLK_TCK")
 
 
@@ -344,17 +354,13 @@ def main(argv: list[str] | None = None) -> int:
         result["lookups"] = lookups(port, job.name, users, a.seconds, a.connections, tool)
         result["lookups"]["cpu"] = cpu = meter.cores()
         result["lookups"]["server_cpu_us_per_lookup"] = round(cpu.pop("server_cpu_s") / result["lookups"]["requests"] * 1e6, 1)
+        disk = folder_bytes(job.partition("u2i", date)) + folder_bytes(job.partition(ITEM_SIDE, date))
+        result["memory_lookups"] = memory(server.pid, disk)  # before any fold-in loads the kernel
         meter = CpuMeter(server.pid)
         result["foldin"] = foldins(port, job.name, histories, a.foldins)
         result["foldin"]["cpu"] = meter.cores()
         result["foldin"]["cpu"].pop("server_cpu_s")
-        tree = process_tree(server.pid)
-        mem = [memory_kb(pid) for pid in tree]
-        disk = folder_bytes(job.partition("u2i", date)) + folder_bytes(job.partition(ITEM_SIDE, date))
-        result["memory"] = {"processes": len(tree), "rss_mb": sum(m[0] for m in mem) / 1024,
-                            "pss_mb": sum(m[1] for m in mem) / 1024, "largest_rss_mb": max(m[0] for m in mem) / 1024,
-                            "u2i_plus_item_side_on_disk_mb": disk / 2 ** 20}
-        result["memory"]["pss_ratio"] = result["memory"]["pss_mb"] / result["memory"]["u2i_plus_item_side_on_disk_mb"]
+        result["memory"] = memory(server.pid, disk)
         served = get_json(f"http://127.0.0.1:{port}/healthz")["jobs"][job.name]["run_id"]
         result["memory"]["built_run_mb"] = folder_bytes(root / "data" / "serve" / job.name / served) / 2 ** 20
         if a.reloads:
@@ -412,6 +418,13 @@ def reloads_under_load(port: int, job: JobDir, date: str, users: list, a, tool: 
             "p50_ms": float(np.median([p["p50_ms"] for p in phases])), "p99_ms": max(p["p99_ms"] for p in phases)}
 
 
+def memory_line(mem: dict) -> str:
+    budget = 1.5 * mem["u2i_plus_item_side_on_disk_mb"]
+    return (f"{mem['processes']} processes, RSS {mem['rss_mb']:.0f} MB in all (largest {mem['largest_rss_mb']:.0f} MB), "
+            f"PSS {mem['pss_mb']:.0f} MB = {mem['pss_ratio']:.2f}x u2i + item side on disk "
+            f"({mem['u2i_plus_item_side_on_disk_mb']:.0f} MB; 1.5x is {budget:.0f} MB)")
+
+
 def report(r: dict) -> str:
     lk, fo, mem, rl = r["lookups"], r["foldin"], r["memory"], r.get("reloads")
     return "\n".join([
@@ -424,9 +437,8 @@ def report(r: dict) -> str:
         f"fold-in (POST, {fo['count']} histories one at a time, {fo['mean_rows']:.0f} rows each): "
         f"p50 {fo['p50_ms']:.2f} ms, p99 {fo['p99_ms']:.2f} ms, {fo['failed']} failed; "
         f"other processes used {fo['cpu']['other_cores']} cores meanwhile",
-        f"memory: {mem['processes']} processes, RSS {mem['rss_mb']:.0f} MB in all (largest {mem['largest_rss_mb']:.0f} MB), "
-        f"PSS {mem['pss_mb']:.0f} MB; u2i + item side on disk {mem['u2i_plus_item_side_on_disk_mb']:.0f} MB "
-        f"(PSS {mem['pss_ratio']:.2f}x); the built run the workers map: {mem['built_run_mb']:.0f} MB",
+        f"memory after the lookups (no fold-in yet): {memory_line(r['memory_lookups'])}",
+        f"memory after the fold-ins: {memory_line(mem)}; the built run the workers map: {mem['built_run_mb']:.0f} MB",
         f"reloads under load: {rl['reloads']} runs published and served (publish to served: "
         f"{', '.join(map(str, rl['publish_to_served_s']))} s); lookups meanwhile {rl['per_s']:,.0f}/s, "
         f"p50 {rl['p50_ms']:.3f} ms (median of the windows), p99 {rl['p99_ms']:.3f} ms (worst window), "

@@ -22,3 +22,8 @@ def contains(sorted_values: np.ndarray, query: np.ndarray) -> np.ndarray:
         return np.zeros(np.shape(query), dtype=bool)
     pos = np.minimum(np.searchsorted(sorted_values, query), sorted_values.size - 1)
     return sorted_values[pos] == query
+
+
+def mapped(path) -> np.ndarray:
+    """A read-only memory map of a .npy file, as a plain ndarray view (slices stay cheap)."""
+    return np.load(path, mmap_mode="r", allow_pickle=False).view(np.ndarray)

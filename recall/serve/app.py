@@ -28,13 +28,10 @@ import numpy as np
 import orjson
 from loguru import logger
 
-from recall.kernel.foldin import fold_batch
 from recall.serve import metrics
 from recall.serve.config import Config
 from recall.serve.follow import Follower
 from recall.serve.snapshot import Snapshot
-from recall.sources import NAMES
-from recall.sources.recommend import recommend
 
 MAX_BODY = 64 * 1024  # bytes of a POST body
 MAX_HISTORY = 1000  # items of a fold-in history
@@ -43,7 +40,6 @@ INT_RE = re.compile(r"-?[0-9]{1,19}")
 INT64 = (-(2 ** 63), 2 ** 63 - 1)
 JSON = [(b"content-type", b"application/json")]
 TEXT = [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]
-SOURCE_NAMES = list(NAMES)
 
 
 class Problem(Exception):
@@ -145,30 +141,26 @@ class App:
     def u2i(self, snap: Snapshot, raw_id: str, query: bytes) -> bytes:
         k = parse_k(query, snap.u2i_width)
         user = parse_id(raw_id, snap.integer_users, "user_id")
-        found = snap.u2i_span(user, k)  # a refreshed user's fresh rows, else the nightly ones
+        found = snap.u2i_rows(user, k)  # a refreshed user's fresh rows, else the nightly ones
         if found is None:
             self.counters.fell_back(snap.job)
             return answer(snap, {"user_id": user, "fallback": True, "fresh": False}, popular_rows(snap, k))
-        u2i, lo, hi = found
-        ids, names = snap.item_values, SOURCE_NAMES
-        rows = [{"item_id": ids[i], "score": s, "rank": r, "source": names[c]}
-                for r, (i, s, c) in enumerate(zip(u2i.item[lo:hi].tolist(), u2i.score[lo:hi].tolist(),
-                                                  u2i.source[lo:hi].tolist()), 1)]
-        fresh = {"fresh": True, "fresh_run_id": snap.fresh_run_id} if u2i is snap.fresh else {"fresh": False}
-        return answer(snap, {"user_id": user, "fallback": False, **fresh}, rows)
+        fresh, (items, scores, sources) = found
+        flags = {"fresh": True, "fresh_run_id": snap.fresh_run_id} if fresh else {"fresh": False}
+        return answer(snap, {"user_id": user, "fallback": False, **flags}, u2i_rows(snap, items, scores, sources))
 
     def i2i(self, snap: Snapshot, raw_id: str, query: bytes) -> bytes:
         if snap.i2i is None:
             raise Problem(404, f"job {snap.job} publishes no i2i table")
         k = parse_k(query, snap.i2i.width)
         item = parse_id(raw_id, snap.integer_items, "item_id")
-        span = snap.i2i.span(item, k)
-        if span is None:
+        found = snap.i2i.find(item, k)
+        if found is None:
             raise Problem(404, f"unknown item {item!r} in {snap.job} {snap.date}")
-        lo, hi = span
+        items, scores, _ = found
         ids = snap.item_values
         rows = [{"similar_item_id": ids[i], "score": s, "rank": r}
-                for r, (i, s) in enumerate(zip(snap.i2i.item[lo:hi].tolist(), snap.i2i.score[lo:hi].tolist()), 1)]
+                for r, (i, s) in enumerate(zip(items.tolist(), scores.tolist()), 1)]
         return answer(snap, {"item_id": item}, rows)
 
     def popular(self, snap: Snapshot, query: bytes) -> bytes:
@@ -188,7 +180,7 @@ class App:
         if weights is not None and (not isinstance(weights, list) or len(weights) != len(items) or not all(
                 isinstance(w, (int, float)) and not isinstance(w, bool) and np.isfinite(w) and w > 0 for w in weights)):
             raise Problem(400, '"weights" must be positive numbers, one per item')
-        limit = min(MAX_FOLD_K, snap.side.allowed_count)
+        limit = min(MAX_FOLD_K, snap.model.allowed_count)
         k = request.get("k", None)
         if k is None:
             k = parse_k(query, limit, default=min(snap.k, limit))
@@ -202,14 +194,8 @@ class App:
             return answer(snap, {**extra, "fallback": True}, popular_rows(snap, k))
         history = np.array([index[i] for i in known], np.int64)
         w = None if weights is None else np.array([weights[i] for i in known], np.float64)
-        batch = fold_batch(snap.fold, [(history, w)], snap.recent_items, snap.side.n_items)
-        merged = recommend(snap.side, batch, snap.blend, k)
-        ids, names = snap.item_values, SOURCE_NAMES
-        valid = merged.items[0] >= 0
-        rows = [{"item_id": ids[i], "score": s, "rank": r, "source": names[c]}
-                for r, (i, s, c) in enumerate(zip(merged.items[0][valid].tolist(), merged.scores[0][valid].tolist(),
-                                                  merged.source[0][valid].tolist()), 1)]
-        return answer(snap, {**extra, "fallback": False}, rows)
+        folded = snap.model.recommend(history, w, k)
+        return answer(snap, {**extra, "fallback": False}, u2i_rows(snap, folded.items, folded.scores, folded.source))
 
     def healthz(self) -> bytes:
         jobs = {job: ({"date": s.date, "run_id": s.run_id, "fresh_run_id": s.fresh_run_id}
@@ -317,6 +303,12 @@ def popular_rows(snap: Snapshot, k: int, flagged: bool = True) -> list[dict]:
         for row in rows:
             row["source"] = "popular"
     return rows
+
+
+def u2i_rows(snap: Snapshot, items: np.ndarray, scores: np.ndarray, sources: np.ndarray) -> list[dict]:
+    ids, names = snap.item_values, snap.source_names
+    return [{"item_id": ids[i], "score": s, "rank": r, "source": names[c]}
+            for r, (i, s, c) in enumerate(zip(items.tolist(), scores.tolist(), sources.tolist()), 1)]
 
 
 def answer(snap: Snapshot, fields: dict, rows: list[dict]) -> bytes:

@@ -1,14 +1,14 @@
 """A published run as a folder of arrays the server memory-maps: built once by the loader, shared
 by every worker through the page cache, never written again (a new run gets a new folder).
 
-    meta.json                 job, date, run_id, the item side's settings, the parts' kinds
-    item_ids.arrow            the item ids (Arrow IPC, the table's type); row i is item index i
-    <table>.keys.npy|.arrow   the sorted keys of u2i (user ids) and i2i (item ids)
-    fresh/<refresh run_id>/   a nearline overlay of the run (`build_fresh`): meta.json, u2i.* as above
+    meta.json                 job, date, run_id, source names, the item side's settings, the parts' kinds
+    item_ids.npy | item_ids.offsets.npy + item_ids.utf8.npy
+                              the item ids (int64, or text as UTF-8 with offsets); row i is item index i
+    <table>.keys.*            the sorted keys of u2i (user ids) and i2i (item ids), stored the same way
     <table>.start.npy         int64, key i's rows are start[i]:start[i + 1]
-    <table>.item.npy          item index of each row, in rank order (uint16 up to 65,536 items, else int32)
-    <table>.score.npy         float32
-    u2i.source.npy            int8 source code (recall.sources.CODE)
+    <table>.blocks.*          the rows in rank order, compressed (recall.serve.packed): item index,
+                              score, and for u2i the source code (recall.sources.CODE)
+    fresh/<refresh run_id>/   a nearline overlay of the run (`build_fresh`): meta.json, u2i.* as above
     popular.item|score.npy    the popular table's rows
     side.<array>.npy          the item side's arrays (recall.kernel.state.ItemSide, by field)
 
@@ -34,13 +34,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from recall.kernel.state import ItemIndex, ItemSide
-from recall.serve.snapshot import BUILT, Snapshot, mapped_ids
-from recall.sources import CODE
+from recall.serve.packed import pack
+from recall.serve.snapshot import BUILT, Keys, Snapshot
+from recall.sources import CODE, NAMES
 from recall.store import item_side
 from recall.store.item_side import PublishedSide
 from recall.store.layout import ITEM_SIDE, SUCCESS, JobDir
 from recall.store.overlay import U2I_FRESH
 
+
+FORMAT = 2  # of a built folder; one of another format (an older version's) is built again
 
 
 class StaleRun(Exception):
@@ -52,7 +55,7 @@ def build(job: JobDir, date: str, run_id: str, target: Path) -> float:
     a temporary folder renamed at the end). Returns the seconds it took; a target already built
     is kept as it is."""
     started = time.perf_counter()
-    if (target / BUILT).exists():
+    if is_built(target):
         return 0.0
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -65,7 +68,7 @@ def build(job: JobDir, date: str, run_id: str, target: Path) -> float:
         if published.run_id != run_id:
             raise StaleRun(f"{ITEM_SIDE} of {date} holds run {published.run_id}, not {run_id}")
         item_ids = published.item_ids
-        write_ids(tmp / "item_ids.arrow", item_ids)
+        write_ids(tmp / "item_ids", item_ids)
         side = save_side(tmp, published.side)
         np.save(tmp / "side.weight_sum.npy", published.weight_sum)
         tables = {}
@@ -77,13 +80,16 @@ def build(job: JobDir, date: str, run_id: str, target: Path) -> float:
         popular = read_partition(job.partition("popular", date), run_id, ["item_id", "score"])
         np.save(tmp / "popular.item.npy", item_index(popular["item_id"], item_ids).astype(np.int64))
         np.save(tmp / "popular.score.npy", popular["score"].to_numpy().astype(np.float32))
-        meta = {"job": job.name, "date": date, "run_id": run_id, "settings": dict(published.settings),
+        meta = {"format": FORMAT, "job": job.name, "date": date, "run_id": run_id, "sources": list(NAMES),
+                "settings": dict(published.settings),
                 "side": side, "tables": tables, "built_s": round(time.perf_counter() - started, 3)}
         (tmp / BUILT).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+        if target.exists() and not is_built(target):  # an older version's format (or a half-removed one)
+            shutil.rmtree(target, ignore_errors=True)
         try:
             os.rename(tmp, target)
         except OSError:
-            if not (target / BUILT).exists():  # another server built it meanwhile: keep theirs
+            if not is_built(target):  # another server built it meanwhile: keep theirs
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -95,26 +101,36 @@ def build_fresh(job: JobDir, date: str, run_id: str, base: Path, target: Path) -
     keyed arrays over the item ids of the built nightly run `base` (the overlay's items are its
     item side's). Atomic like `build`; returns the seconds it took."""
     started = time.perf_counter()
-    if (target / BUILT).exists():
+    if is_built(target):
         return 0.0
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        item_ids = mapped_ids(base / "item_ids.arrow")
+        item_ids = read_ids(base / "item_ids")
         table = keyed(job.partition(U2I_FRESH, date), run_id, tmp / "u2i", "user_id", "item_id", item_ids,
                       with_source=True)
-        meta = {"job": job.name, "date": date, "run_id": run_id, "table": table,
+        meta = {"format": FORMAT, "job": job.name, "date": date, "run_id": run_id, "table": table,
                 "built_s": round(time.perf_counter() - started, 3)}
         (tmp / BUILT).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+        if target.exists() and not is_built(target):  # an older version's format (or a half-removed one)
+            shutil.rmtree(target, ignore_errors=True)
         try:
             os.rename(tmp, target)
         except OSError:
-            if not (target / BUILT).exists():
+            if not is_built(target):
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return time.perf_counter() - started
+
+
+def is_built(target: Path) -> bool:
+    """Built completely (meta.json is written last) and in this version's format."""
+    try:
+        return json.loads((target / BUILT).read_text(encoding="utf-8")).get("format") == FORMAT
+    except (FileNotFoundError, ValueError):
+        return False
 
 
 def save_side(folder: Path, side: ItemSide) -> dict:
@@ -154,9 +170,10 @@ def keyed(folder: Path, run_id: str, out: Path, key: str, item: str, item_ids: p
     fd, marker = open_partition(folder, run_id)
     try:
         total = int(marker["rows"])
-        items = np.lib.format.open_memmap(f"{out}.item.npy", "w+", index_type(len(item_ids)), (total,))
-        scores = np.lib.format.open_memmap(f"{out}.score.npy", "w+", np.float32, (total,))
-        sources = np.lib.format.open_memmap(f"{out}.source.npy", "w+", np.int8, (total,)) if with_source else None
+        # the rows in plain columns first (on disk, beside the build), packed into blocks at the end
+        items = np.lib.format.open_memmap(f"{out}.raw-item.npy", "w+", index_type(len(item_ids)), (total,))
+        scores = np.lib.format.open_memmap(f"{out}.raw-score.npy", "w+", np.float32, (total,))
+        sources = np.lib.format.open_memmap(f"{out}.raw-source.npy", "w+", np.int8, (total,)) if with_source else None
         keys, starts, done, last, key_type = [], [], 0, None, None
         columns = [key, item, "score", "rank"] + (["source"] if with_source else [])
         for batch in batches(fd, marker, columns):
@@ -183,18 +200,20 @@ def keyed(folder: Path, run_id: str, out: Path, key: str, item: str, item_ids: p
             done += n
         if done != total:
             raise ValueError(f"{folder}: read {done} rows, _SUCCESS says {total}")
-        for array in (items, scores, sources):
-            if array is not None:
-                array.flush()
         all_keys = pa.concat_arrays(keys) if keys else pa.array([], key_type or pa.int64())
         if len(all_keys) > 1 and not pc.all(pc.less(all_keys.slice(0, len(all_keys) - 1), all_keys.slice(1))).as_py():
             raise ValueError(f"{folder}: {key} is not sorted")
-        write_keys(out, all_keys)
-        np.save(f"{out}.start.npy", np.append(np.concatenate(starts) if starts else [], total).astype(np.int64))
-        lengths = np.diff(np.append(np.concatenate(starts) if starts else [], total))
-        return {"rows": total, "keys": len(all_keys), "width": int(lengths.max()) if lengths.size else 0}
+        write_ids(Path(f"{out}.keys"), all_keys)
+        start = np.append(np.concatenate(starts) if starts else [], total).astype(np.int64)
+        np.save(f"{out}.start.npy", start)
+        packed = pack(out, start, items, scores, sources)
+        lengths = np.diff(start)
+        return {"rows": total, "keys": len(all_keys), "width": int(lengths.max()) if lengths.size else 0,
+                "packed": packed}
     finally:
         os.close(fd)
+        for column in ("item", "score", "source"):
+            Path(f"{out}.raw-{column}.npy").unlink(missing_ok=True)
 
 
 def batches(fd: int, marker: dict, columns: list[str], size: int = 1 << 20):
@@ -237,6 +256,8 @@ def index_type(n_items: int) -> np.dtype:
 
 def item_index(ids: pa.Array | pa.ChunkedArray, item_ids: pa.Array) -> np.ndarray:
     """Each id's row in the item side (every id of a run's tables is one of its items)."""
+    if ids.type != item_ids.type:  # e.g. a string column against large_string ids
+        ids = ids.cast(item_ids.type)
     found = pc.index_in(ids, value_set=item_ids)
     if found.null_count:
         raise ValueError(f"{found.null_count} item ids of the table are not in the item side")
@@ -253,17 +274,26 @@ def source_codes(names: pa.Array) -> np.ndarray:
     return known[codes.to_numpy(zero_copy_only=False)]
 
 
-def write_keys(out: Path, keys: pa.Array) -> None:
-    """Integer keys as .npy (searched with numpy), others as Arrow IPC (searched by bisection)."""
-    if pa.types.is_integer(keys.type):
-        np.save(f"{out}.keys.npy", keys.to_numpy(zero_copy_only=False).astype(np.int64))
-    else:
-        write_ids(Path(f"{out}.keys.arrow"), keys.cast(pa.large_string()) if pa.types.is_string(keys.type) else keys)
+def write_ids(stem: Path, ids: pa.Array) -> None:
+    """Ids as the server reads them without Arrow (recall.serve.snapshot.Keys): integers as
+    `<stem>.npy` (int64), text as `<stem>.utf8.npy` (the UTF-8 bytes) and `<stem>.offsets.npy`."""
+    if pa.types.is_integer(ids.type):
+        np.save(stem.with_name(stem.name + ".npy"), ids.to_numpy(zero_copy_only=False).astype(np.int64))
+        return
+    text = ids.cast(pa.large_string())
+    _, offsets, data = text.buffers()
+    first = np.frombuffer(offsets, np.int64, len(text) + 1, text.offset * 8)
+    utf8 = np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
+    np.save(stem.with_name(stem.name + ".offsets.npy"), first - first[0])
+    np.save(stem.with_name(stem.name + ".utf8.npy"), utf8[first[0]:first[-1]])
 
 
-def write_ids(path: Path, ids: pa.Array) -> None:
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, pa.schema([("id", ids.type)])) as writer:
-        writer.write_table(pa.table({"id": ids}))
+def read_ids(stem: Path) -> pa.Array:
+    """Ids written by `write_ids`, as an Arrow array."""
+    keys = Keys.open(stem)
+    if keys.integer:
+        return pa.array(np.asarray(keys.ints))
+    return pa.array(keys.values(), pa.large_string())
 
 
 def main(argv: list[str]) -> int:
@@ -282,7 +312,7 @@ def main(argv: list[str]) -> int:
             Snapshot.open(Path(argv[3])).with_fresh(target)
         else:
             seconds = build(job, date, run_id, target)
-            Snapshot.open(target)
+            Snapshot.open(target).model.load()
     except StaleRun as exc:
         print(exc, file=sys.stderr)
         return 75

@@ -1,8 +1,13 @@
 """One built run opened read-only (recall.serve.build): the lookups a request makes.
 
 Arrays are memory-mapped, so every worker shares one copy through the page cache and opening a
-run costs milliseconds. A snapshot never changes: a request takes the job's current snapshot
-once and answers from it alone, so a reload (a new snapshot swapped in) can never mix two runs.
+run costs milliseconds; table rows stay compressed (recall.serve.packed) and are decoded per
+request. A snapshot never changes: a request takes the job's current snapshot once and answers
+from it alone, so a reload (a new snapshot swapped in) can never mix two runs.
+
+Lookups need numpy and zstd only: the item side and the fold-in kernel (numba, scipy) are loaded
+on a snapshot's first fold-in (recall.serve.model), so a server that only looks rows up stays
+small.
 """
 from __future__ import annotations
 
@@ -13,46 +18,31 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
-from recall.kernel import compiled
-from recall.kernel.blend import Blend
-from recall.kernel.foldin import FoldIn, FoldSettings
-from recall.kernel.state import ItemIndex, ItemSide, Neighbours, Ranking
-from recall.sources.ease import Ease
-
-PARTS = {"Ranking": Ranking, "Neighbours": Neighbours, "ItemIndex": ItemIndex, "Ease": Ease}
+from recall.arrays import mapped
+from recall.serve.model import Model
+from recall.serve.packed import Packed
 
 BUILT = "meta.json"  # a built run's description, written last: a folder with it is complete
 
 
-def mapped(path: Path) -> np.ndarray:
-    """A read-only memory map of a .npy file, as a plain ndarray view (slices stay cheap)."""
-    return np.load(path, mmap_mode="r", allow_pickle=False).view(np.ndarray)
-
-
-def mapped_ids(path: Path) -> pa.Array:
-    with pa.memory_map(str(path)) as source:
-        return pa.ipc.open_file(source).read_all()["id"].combine_chunks()
-
-
 class Keys:
-    """Sorted ids, searched by value: integers with numpy, text by bisection over Arrow's buffers."""
+    """Sorted ids, searched by value: integers with numpy, text by bisection over UTF-8 bytes.
 
-    def __init__(self, ids: np.ndarray | pa.Array) -> None:
-        if isinstance(ids, np.ndarray):
-            self.ints: np.ndarray | None = ids
-            self.text: TextKeys | None = None
-        elif pa.types.is_integer(ids.type):
-            self.ints, self.text = ids.to_numpy(zero_copy_only=False).astype(np.int64), None
-        else:
-            self.ints, self.text = None, TextKeys(ids.cast(pa.large_string()))
-        self.size = len(ids)
+    Stored as `<stem>.npy` (int64) or, for text, `<stem>.offsets.npy` (int64, n + 1) and
+    `<stem>.utf8.npy` (uint8) (recall.serve.build.write_ids)."""
+
+    def __init__(self, ints: np.ndarray | None, text: TextKeys | None) -> None:
+        self.ints, self.text = ints, text
+        self.size = len(ints) if ints is not None else len(text)
 
     @classmethod
-    def open(cls, folder: Path, stem: str) -> Keys:
-        ints = folder / f"{stem}.keys.npy"
-        return cls(mapped(ints) if ints.exists() else mapped_ids(folder / f"{stem}.keys.arrow"))
+    def open(cls, stem: Path) -> Keys:
+        ints = stem.with_name(stem.name + ".npy")
+        if ints.exists():
+            return cls(mapped(ints), None)
+        return cls(None, TextKeys(mapped(stem.with_name(stem.name + ".offsets.npy")),
+                                  mapped(stem.with_name(stem.name + ".utf8.npy"))))
 
     @property
     def integer(self) -> bool:
@@ -65,15 +55,20 @@ class Keys:
             return at if at < self.size and self.ints[at] == key else -1
         return self.text.find(key)
 
+    def values(self) -> list:
+        """Every id as a Python value (what JSON answers carry)."""
+        if self.ints is not None:
+            return self.ints.tolist()
+        return [self.text[i].decode("utf-8") for i in range(len(self.text))]
+
 
 class TextKeys:
-    """Sorted large_string ids searched without making a Python object per id."""
+    """Sorted text ids searched without making a Python object per id."""
 
-    def __init__(self, ids: pa.Array) -> None:
-        _, offsets, data = ids.buffers()
-        self.offsets = np.frombuffer(offsets, np.int64, len(ids) + 1, ids.offset * 8)
-        self.data = memoryview(data) if data is not None else memoryview(b"")
-        self.n = len(ids)
+    def __init__(self, offsets: np.ndarray, data: np.ndarray) -> None:
+        self.offsets = offsets
+        self.data = memoryview(data) if len(data) else memoryview(b"")
+        self.n = len(offsets) - 1
 
     def __len__(self) -> int:
         return self.n
@@ -89,27 +84,21 @@ class TextKeys:
 
 @dataclass(frozen=True)
 class Lists:
-    """A keyed table served by position: key i's rows are start[i]:start[i + 1], in rank order."""
+    """A keyed table served by position: key i's rows, in rank order, decoded from its block."""
 
     keys: Keys
-    start: np.ndarray
-    item: np.ndarray  # item index (uint16 or int32)
-    score: np.ndarray
-    source: np.ndarray | None  # int8 source code (u2i)
+    rows: Packed
     width: int  # the longest list: the most a request may ask for
 
     @classmethod
-    def open(cls, folder: Path, stem: str, width: int) -> Lists:
-        source = folder / f"{stem}.source.npy"
-        return cls(Keys.open(folder, stem), mapped(folder / f"{stem}.start.npy"), mapped(folder / f"{stem}.item.npy"),
-                   mapped(folder / f"{stem}.score.npy"), mapped(source) if source.exists() else None, width)
+    def open(cls, folder: Path, stem: str, layout: dict) -> Lists:
+        start = mapped(folder / f"{stem}.start.npy")
+        return cls(Keys.open(folder / f"{stem}.keys"), Packed(folder, stem, start, layout["packed"]), layout["width"])
 
-    def span(self, key: int | str, k: int) -> tuple[int, int] | None:
+    def find(self, key: int | str, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+        """The key's first k rows (item indices, scores, source codes), or None for an unknown key."""
         at = self.keys.find(key)
-        if at < 0:
-            return None
-        lo = int(self.start[at])
-        return lo, min(int(self.start[at + 1]), lo + k)
+        return None if at < 0 else self.rows.rows(at, k)
 
 
 @dataclass(frozen=True)
@@ -120,18 +109,15 @@ class Snapshot:
     date: str
     run_id: str
     folder: Path
-    item_ids: pa.Array
     item_values: list  # Python ids by item index (what JSON answers carry)
     items: Keys  # item id -> item index (the item side's ids are sorted)
     u2i: Lists
     i2i: Lists | None
     popular_item: np.ndarray
     popular_score: np.ndarray
-    side: ItemSide
-    blend: Blend
+    source_names: tuple[str, ...]  # by source code, as the run's version numbered them
     k: int  # the u2i table's k
-    recent_items: int
-    fold: FoldIn | None
+    model: Model  # the item side and fold-in, loaded on the first fold-in
     integer_users: bool
     integer_items: bool
     fresh: Lists | None = None  # the nearline overlay of the run: refreshed users' lists (recall.store.overlay)
@@ -142,12 +128,12 @@ class Snapshot:
         """The longest u2i list of the run and its overlay: the most a request may ask for."""
         return max(self.u2i.width, self.fresh.width if self.fresh is not None else 0)
 
-    def u2i_span(self, user: int | str, k: int) -> tuple[Lists, int, int] | None:
-        """Where a user's first k u2i rows are: in the overlay when it holds the user, else in
-        the nightly table; None for a user neither knows."""
-        for lists in (self.fresh, self.u2i):
-            if lists is not None and (span := lists.span(user, k)) is not None:
-                return lists, *span
+    def u2i_rows(self, user: int | str, k: int) -> tuple[bool, tuple[np.ndarray, np.ndarray, np.ndarray]] | None:
+        """A user's first k u2i rows, from the overlay when it holds the user (True), else from
+        the nightly table (False); None for a user neither knows."""
+        for fresh, lists in ((True, self.fresh), (False, self.u2i)):
+            if lists is not None and (rows := lists.find(user, k)) is not None:
+                return fresh, rows
         return None
 
     def with_fresh(self, folder: Path | None) -> Snapshot:
@@ -156,44 +142,18 @@ class Snapshot:
         if folder is None:
             return dataclasses.replace(self, fresh=None, fresh_run_id="")
         meta = json.loads((folder / BUILT).read_text(encoding="utf-8"))
-        return dataclasses.replace(self, fresh=Lists.open(folder, "u2i", meta["table"]["width"]),
-                                   fresh_run_id=meta["run_id"])
+        return dataclasses.replace(self, fresh=Lists.open(folder, "u2i", meta["table"]), fresh_run_id=meta["run_id"])
 
     @classmethod
     def open(cls, folder: Path) -> Snapshot:
         meta = json.loads((folder / BUILT).read_text(encoding="utf-8"))
-        settings = meta["settings"]
-        item_ids = mapped_ids(folder / "item_ids.arrow")
-        side = open_side(folder, meta["side"])
-        model = settings.get("model")
-        fold = None
-        if model and side.factors is not None:
-            weight_sum = mapped(folder / "side.weight_sum.npy") if (folder / "side.weight_sum.npy").exists() else None
-            fold = FoldIn.of(side.factors, FoldSettings(**model), weight_sum)
-        tables = meta["tables"]
-        u2i = Lists.open(folder, "u2i", tables["u2i"]["width"])
+        settings, tables = meta["settings"], meta["tables"]
+        items = Keys.open(folder / "item_ids")
+        u2i = Lists.open(folder, "u2i", tables["u2i"])
         return cls(
-            job=meta["job"], date=meta["date"], run_id=meta["run_id"], folder=folder, item_ids=item_ids,
-            item_values=item_ids.to_pylist(), items=Keys(item_ids), u2i=u2i,
-            i2i=Lists.open(folder, "i2i", tables["i2i"]["width"]) if "i2i" in tables else None,
+            job=meta["job"], date=meta["date"], run_id=meta["run_id"], folder=folder,
+            item_values=items.values(), items=items, u2i=u2i,
+            i2i=Lists.open(folder, "i2i", tables["i2i"]) if "i2i" in tables else None,
             popular_item=mapped(folder / "popular.item.npy"), popular_score=mapped(folder / "popular.score.npy"),
-            side=side, blend=Blend.from_dict(settings["blend"]), k=int(settings["u2i"]["k"]),
-            recent_items=int(settings["recent_items"]), fold=fold,
-            integer_users=u2i.keys.integer, integer_items=pa.types.is_integer(item_ids.type))
-
-
-def open_side(folder: Path, layout: dict) -> ItemSide:
-    """The item side from its arrays (recall.serve.build.save_side)."""
-    factors = mapped(folder / "side.factors.npy") if layout["factors"] else None
-    parts = {}
-    for name, entry in layout["parts"].items():
-        if entry.get("factors_order"):  # recall.serve.build.factors_order
-            parts[name] = ItemIndex(np.arange(len(factors), dtype=np.int64), factors,
-                                    bounds=compiled.norm_bounds(factors))
-            continue
-        cls = PARTS[entry["kind"]]
-        arrays = {f: mapped(folder / f"side.{name}.{f}.npy") for f in cls.__dataclass_fields__
-                  if (folder / f"side.{name}.{f}.npy").exists()}
-        parts[name] = cls(**arrays, **entry["scalars"])
-    popular = Ranking(mapped(folder / "side.popular.items.npy"), mapped(folder / "side.popular.scores.npy"))
-    return ItemSide(mapped(folder / "side.allowed.npy"), popular, parts, factors)
+            source_names=tuple(meta["sources"]), k=int(settings["u2i"]["k"]), model=Model(folder, meta),
+            integer_users=u2i.keys.integer, integer_items=items.integer)
