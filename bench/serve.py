@@ -8,7 +8,8 @@
    throughput, p50, p99.
 4. Fold-in: `--foldins` POSTs of real users' histories one at a time: p50, p99.
 5. Memory: RSS and PSS of the server's processes against the u2i partition's size on disk plus
-   the item side's.
+   the item side's, after the lookups (every page of u2i they touch) and again after the
+   fold-ins (which load the item side and the compiled kernel into each worker that folds in).
 6. Reloads under load: `--reloads` new runs of the date are published through the commit
    protocol (the run's files as a new run id: what a forced rerun publishes, without training
    again) while lookups run; every answer must be 200.

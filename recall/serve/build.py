@@ -43,7 +43,7 @@ from recall.store.layout import ITEM_SIDE, SUCCESS, JobDir
 from recall.store.overlay import U2I_FRESH
 
 
-FORMAT = 2  # of a built folder; one of another format (an older version's) is built again
+FORMAT = 3  # of a built folder; one of another format (an older version's) is built again
 
 
 class StaleRun(Exception):
