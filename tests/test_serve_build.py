@@ -4,6 +4,8 @@ kept) looks up to the published table's rows, id for id and bit for bit."""
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +84,7 @@ def test_a_run_with_text_ids_looks_up_to_the_tables_rows(tmp_path, small_log, cl
         assert np.array_equal(scores, want["score"].to_numpy(np.float32))
         assert [snap.source_names[c] for c in sources] == want["source"].tolist()
     assert snap.u2i_rows("7", 5) is None  # "7" is not "0000007"
+    assert lookups_import_nothing_heavy(target, u2i["user_id"].iloc[0])
 
     i2i = read_table("small", "i2i", DATE, output=out)
     for item, want in i2i.groupby("item_id", sort=False):
@@ -89,3 +92,17 @@ def test_a_run_with_text_ids_looks_up_to_the_tables_rows(tmp_path, small_log, cl
         assert [snap.item_values[i] for i in items] == want["similar_item_id"].tolist()
         assert np.array_equal(scores, want["score"].to_numpy(np.float32))
         assert snap.item_values[snap.items.find(item)] == item
+
+
+HEAVY = ("pyarrow", "pandas", "scipy", "numba", "implicit")  # what a lookup worker must not load
+
+
+def lookups_import_nothing_heavy(built: Path, user: str) -> bool:
+    """A fresh interpreter that loads the app, opens the run and looks a user up has imported
+    none of HEAVY (they would cost every worker ~100 MB): only a fold-in loads the kernel."""
+    code = (f"import sys; from pathlib import Path; from recall.serve import app; from recall.serve.snapshot import Snapshot\n"
+            f"snap = Snapshot.open(Path({str(built)!r})); assert snap.u2i_rows({user!r}, 10) is not None\n"
+            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
+    return True
