@@ -43,6 +43,7 @@ from recall.store.layout import ITEM_SIDE, SUCCESS, JobDir
 from recall.store.overlay import U2I_FRESH
 
 
+BUILD_NICE = 10  # a reload's build yields the CPU to the workers answering meanwhile
 FORMAT = 3  # of a built folder; one of another format (an older version's) is built again
 
 
@@ -301,7 +302,8 @@ def main(argv: list[str]) -> int:
     then open the result as every worker will, so a broken run fails here and not there. Exit 0,
     75 when a rerun replaced the run meanwhile, 1 with the reason on the last stderr line.
     `--fresh JOB_FOLDER DATE REFRESH_RUN_ID BASE TARGET` builds a nearline overlay on the built
-    run BASE."""
+    run BASE. Runs at a lower priority (BUILD_NICE): the workers' answers come first."""
+    os.nice(BUILD_NICE)
     fresh = argv[0] == "--fresh"
     if fresh:
         argv = argv[1:]
