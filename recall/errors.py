@@ -74,4 +74,29 @@ class Interrupted(BaseException):
         return f"{text}; {self.hint}" if self.hint else text
 
 
+# A signal's Interrupted can be lost: Python drops an exception a signal handler raises while a
+# finalizer (__del__, which garbage collection runs at any allocation) is executing. So the
+# signal is also kept here until a run takes its Interrupted, and step boundaries raise it again.
+_pending: list[int] = []
+
+
+def signalled(signum: int) -> Interrupted:
+    """The Interrupted a signal handler raises, kept pending until a run takes it."""
+    if not _pending:
+        _pending.append(signum)
+    return Interrupted(signum)
+
+
+def taken() -> None:
+    """The run caught its Interrupted and is cleaning up: step boundaries no longer raise it."""
+    _pending.clear()
+
+
+def stop_if_signalled() -> None:
+    """At a step boundary: raise the Interrupted of a signal no run has taken (its first raise
+    was lost in a finalizer)."""
+    if _pending:
+        raise Interrupted(_pending[0])
+
+
 EXIT_BUG = 1

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 from loguru import logger
 
+from recall.errors import stop_if_signalled
+
 
 @dataclass
 class Timer:
@@ -22,6 +24,7 @@ class Timer:
 
     @contextmanager
     def step(self, name: str, quiet: bool = False) -> Iterator[None]:
+        stop_if_signalled()
         full = ".".join([*self._open, name])
         self._open.append(name)
         wall, cpu = time.perf_counter(), time.process_time()
@@ -33,6 +36,7 @@ class Timer:
             self.cpu[full] = round(self.cpu.get(full, 0.0) + time.process_time() - cpu, 4)
         if not quiet:
             logger.info(f"step {full} done in {self.timings[full]:.2f}s")
+        stop_if_signalled()
 
     def top(self) -> dict[str, float]:
         """The outermost steps only (their sum is the run's time)."""

@@ -8,7 +8,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "recall"
 # lowest first: a module may import from its own subpackage and from the layers before its own
 LAYERS = [
-    {"errors", "arrays", "testpoint", "runtime", "timer", "versions"},
+    {"errors"},
+    {"arrays", "testpoint", "runtime", "timer", "versions"},
     {"spec"},
     {"kernel", "samples"},
     {"model"},

@@ -9,6 +9,7 @@ from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
+from recall.errors import stop_if_signalled
 from recall.spec.sections import ModelSection
 
 
@@ -16,6 +17,11 @@ from recall.spec.sections import ModelSection
 class Factors:
     users: np.ndarray  # float32, C-contiguous, n_users x factors
     items: np.ndarray  # float32, C-contiguous, n_items x factors
+
+
+def iteration_done(bar: tqdm) -> None:
+    bar.update(1)
+    stop_if_signalled()  # a fit of many iterations is one step: a lost signal is raised here
 
 
 def train_als(user_items: sp.csr_matrix, spec: ModelSection, threads: int, show_progress: bool | str = False) -> Factors:
@@ -35,7 +41,7 @@ def train_als(user_items: sp.csr_matrix, spec: ModelSection, threads: int, show_
         label = show_progress if isinstance(show_progress, str) else "ALS"
         with tqdm(total=spec.iterations, desc=label, unit="iteration", leave=False,
                   disable=not show_progress) as bar:
-            model.fit(user_items, show_progress=False, callback=lambda *_: bar.update(1))
+            model.fit(user_items, show_progress=False, callback=lambda *_: iteration_done(bar))
     return Factors(
         users=np.ascontiguousarray(model.user_factors, dtype=np.float32),
         items=np.ascontiguousarray(model.item_factors, dtype=np.float32),

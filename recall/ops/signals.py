@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import signal
 
-from recall.errors import Interrupted
+from recall.errors import signalled
 
 HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -25,7 +25,7 @@ def _stop(signum: int, frame: object) -> None:
     for other in HANDLED:
         if signal.getsignal(other) is _stop:
             signal.signal(other, _later)  # a handler, not SIG_IGN: children started later get the default
-    raise Interrupted(signum)
+    raise signalled(signum)  # kept pending too: a raise inside a finalizer is lost (recall.errors)
 
 
 def _later(signum: int, frame: object) -> None:

@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from loguru import logger
 
-from recall.errors import EXIT_BUG, InputError, LockBusy, RecallError
+from recall.errors import EXIT_BUG, InputError, Interrupted, LockBusy, RecallError, taken
 from recall.ingest import nearline as ingest
 from recall.ingest.nearline import NewRows
 from recall.ingest.validate import CleanLog
@@ -134,6 +134,8 @@ def run_nearline(spec: JobSpec, root: Path, force: bool = False) -> NearlineResu
                     logger.bind(console=False).error(f"refresh failed (exit {exc.exit_code}): {exc.line()}")
                     raise
                 except BaseException as exc:
+                    if isinstance(exc, Interrupted):
+                        taken()
                     outcome["error"] = f"{type(exc).__name__}: {exc}"
                     logger.bind(console=False).opt(exception=exc).error("refresh failed with an internal error")
                     raise

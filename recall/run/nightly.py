@@ -17,7 +17,7 @@ from loguru import logger
 
 from recall import engines
 from recall.engines.base import Engine
-from recall.errors import EXIT_BUG, Interrupted, RecallError
+from recall.errors import EXIT_BUG, Interrupted, RecallError, taken
 from recall.evaluate.backtest import score_served
 from recall.evaluate.gate import enforce_gate, gate_checks
 from recall.evaluate.holdout import holdout_metrics
@@ -87,6 +87,7 @@ def run_job(spec: JobSpec, opts: RunOptions) -> RunResult:
                     except (RecallError, Interrupted) as exc:
                         published = committed(job, date, run_id)
                         if isinstance(exc, Interrupted):
+                            taken()
                             exc.hint = (f"{spec.name} {date} had been published by this run before it stopped"
                                         if published else f"{spec.name} {date} was not published; the previous "
                                         "tables are as they were; rerun the date")
