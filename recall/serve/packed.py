@@ -80,7 +80,9 @@ def pack(out: str | Path, start: np.ndarray, items: np.ndarray, scores: np.ndarr
     with open(f"{out}.blocks.bin", "wb") as fh:
         for first in range(0, n_keys, BLOCK_KEYS):
             lo, hi = int(start[first]), int(start[min(first + BLOCK_KEYS, n_keys)])
-            score = scores[lo:hi] if codes is None else np.searchsorted(codes, np.asarray(scores[lo:hi]).view(np.uint32)).astype(np.uint32)
+            score = np.asarray(scores[lo:hi])
+            if codes is not None:
+                score = np.searchsorted(codes, score.view(np.uint32)).astype(np.uint32)
             parts = [np.ascontiguousarray(items[lo:hi]).tobytes(), shuffled(score)]
             if sources is not None:
                 parts.append(np.ascontiguousarray(sources[lo:hi]).tobytes())
