@@ -285,6 +285,71 @@ def test_item_based_property(seed, k):
     np.testing.assert_array_equal(got_scores, want_scores)
 
 
+# --- ease ----------------------------------------------------------------------------------------
+
+
+def ease_case(rng, n_items=60, m=40, users=40, ties=False):
+    """EASE weights over m of n_items items (small integers when `ties`: many equal sums), and seen
+    rows of every kind: nothing seen, only unmodelled items, every modelled item."""
+    items = np.sort(rng.choice(n_items, size=m, replace=False)).astype(np.int64)
+    weights = (rng.integers(-2, 3, (m, m)) if ties else rng.normal(size=(m, m))).astype(np.float32)
+    np.fill_diagonal(weights, 0.0)
+    seen = random_csr(rng, users, n_items, 0.15).tolil()
+    seen[0, :] = 0  # nothing seen: every score 0
+    seen[1, :] = 0
+    seen[1, np.setdiff1d(np.arange(n_items), items)[:3]] = 1  # only unmodelled items
+    seen[2, items] = 1  # every modelled item: nothing left
+    seen = seen.tocsr().astype(np.float32)
+    seen.eliminate_zeros()
+    seen.sort_indices()
+    return weights, items, seen
+
+
+@pytest.mark.parametrize("k", [1, 7, 100])  # 100: more than the modelled items
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("ties", [False, True])
+def test_ease_equals_the_reference(k, threads, ties):
+    """The compiled EASE top-k gives scipy's product's scores bit for bit, ranked with ties by item."""
+    rng = np.random.default_rng(23)
+    weights, items, seen = ease_case(rng, ties=ties)
+    want, want_scores = reference.ease(weights, items, seen, k)
+    got, got_scores = C.ease(weights, items, seen, k, threads=threads, chunk=7)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got_scores, want_scores)
+    np.testing.assert_array_equal(got[0, :min(k, items.size)], items[:k])  # all tied at 0: the lowest items
+    assert (got[2] == -1).all()
+
+
+def test_ease_threshold_guess_on_a_realistic_size():
+    """m = 600 and k = 100: the threshold guessed from every 8th score is used, and where it is
+    too high (the sampled scores are the highest and user 3 saw those items) every unseen item is
+    collected instead: exact either way."""
+    rng = np.random.default_rng(5)
+    weights, items, seen = ease_case(rng, n_items=900, m=600, users=60)
+    weights[:, ::8] += 10.0
+    seen = seen.tolil()
+    seen[3, :] = 0
+    seen[3, items[::8]] = 1
+    seen = seen.tocsr()
+    seen.sort_indices()
+    want, want_scores = reference.ease(weights, items, seen, 100)
+    got, got_scores = C.ease(weights, items, seen, 100)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got_scores, want_scores)
+    assert (got[3] >= 0).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(1, 40), st.integers(1, 30), st.booleans())
+def test_ease_property(seed, k, m, ties):
+    rng = np.random.default_rng(seed)
+    weights, items, seen = ease_case(rng, n_items=m + 5, m=m, users=9, ties=ties)
+    want, want_scores = reference.ease(weights, items, seen, k)
+    got, got_scores = C.ease(weights, items, seen, k)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got_scores, want_scores)
+
+
 # --- item-kNN ------------------------------------------------------------------------------------
 
 

@@ -9,7 +9,7 @@ import scipy.sparse as sp
 from implicit.nearest_neighbours import BM25Recommender, CosineRecommender
 
 from recall.kernel.keys import csr_keys, in_keys
-from recall.kernel.rows import best_per_row, sum_repeats
+from recall.kernel.rows import best_per_row, pad_to, sum_repeats
 
 
 def item_based(neighbours: np.ndarray, similarity: np.ndarray, recent: np.ndarray, seen: sp.csr_matrix,
@@ -24,6 +24,24 @@ def item_based(neighbours: np.ndarray, similarity: np.ndarray, recent: np.ndarra
     valid &= ~in_keys(csr_keys(seen), np.arange(b)[:, None], nb, seen.shape[1])
     items, totals, _ = sum_repeats(np.where(valid, nb, -1), np.where(valid, sim, 0.0))
     return best_per_row(items, totals.astype(np.float32), k)
+
+
+def ease(weights: np.ndarray, items: np.ndarray, seen: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's k best unseen modelled items by EASE score: scipy's sparse x dense product of the
+    user's modelled items and the weights, seen items out, every score ranked (ties by item). The
+    pipeline took an argpartition before the ranking until the compiled kernel: the same lists,
+    but for which of the items tied at the cut it kept (any, not the lowest)."""
+    position = np.full(seen.shape[1], -1, np.int64)
+    position[items] = np.arange(items.size)
+    mapped = position[seen.indices]
+    keep = mapped >= 0
+    row_of = np.repeat(np.arange(seen.shape[0]), np.diff(seen.indptr))[keep]
+    x = sp.csr_matrix((np.ones(row_of.size, np.float32), (row_of, mapped[keep])), shape=(seen.shape[0], items.size))
+    scores = np.asarray(x @ weights, dtype=np.float32)
+    scores[row_of, mapped[keep]] = -np.inf  # seen
+    candidates = np.where(np.isfinite(scores), np.broadcast_to(items, scores.shape), -1)
+    width = min(k, items.size)
+    return pad_to(*best_per_row(candidates, scores, width), k)
 
 
 def implicit_neighbours(user_items: sp.csr_matrix, kind: str, k: int, allowed: np.ndarray
