@@ -350,6 +350,23 @@ def test_ease_property(seed, k, m, ties):
     np.testing.assert_array_equal(got_scores, want_scores)
 
 
+# --- recent items --------------------------------------------------------------------------------
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(1, 6), st.integers(1, 300), st.booleans())
+def test_latest_items_equals_the_pandas_sort(seed, r, rows, float_times):
+    """Repeated items, equal times (ties by item) and users without rows, in any row order."""
+    rng = np.random.default_rng(seed)
+    n_users, n_items = 12, 9
+    user_idx = rng.integers(0, n_users - 1, rows).astype(np.int32)  # the last user has no rows
+    item_idx = rng.integers(0, n_items, rows).astype(np.int32)
+    when = rng.integers(0, 6, rows) * 1_000_000
+    when = when.astype(np.float64) / 7 if float_times else when.astype(np.int64)
+    want = reference.recent_items(user_idx, item_idx, when, n_users, r)
+    np.testing.assert_array_equal(C.latest_items(user_idx, item_idx, when, n_users, r), want)
+
+
 # --- item-kNN ------------------------------------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ Kernels (pure functions of numpy arrays, `nogil`, no state but numba's on-disk c
 - item_based_top_k: summed similarity over the neighbours of each user's recent items;
 - ease_top_k_keys: summed EASE weight rows of each user's modelled items, cut to the top-k by a
   threshold guessed from a sample of the scores;
+- latest_items: each user's most recent distinct items (item_based's input);
 - cooccurrence_top_n (+ cap_rows): item-kNN from co-occurrence, equal to implicit's BM25 /
   cosine recommenders (recall.model.itemknn), optionally with each user's items capped.
 Thread drivers (exact_search, ivf_search, probe_cells, item_based, ease, item_knn) split the rows into
@@ -839,6 +840,53 @@ def _collect(block, bits, threshold, item_idx, ex_pos, e, e1, found):
                 found[n] = _key(bits[0, j], item_idx[j])
                 n += 1
     return n
+
+
+# --- each user's most recent distinct items ------------------------------------------------------
+
+
+@_jit(inline="always")
+def _later(t, item, t2, item2):
+    """Whether (t, item) comes before (t2, item2): later first, ties by the lower item."""
+    return t > t2 or (t == t2 and item < item2)
+
+
+@_jit()
+def latest_items(user_idx, item_idx, when, n_users, r):
+    """Each user's r distinct items with the latest `when` (an item counts by its latest row),
+    latest first, ties by item ascending; n_users x r int64, -1 pads. One pass over the rows in
+    any order, each user's list kept sorted (r is a handful)."""
+    items = np.full((n_users, r), -1, np.int64)
+    if r <= 0:
+        return items
+    times = np.empty((n_users, r), when.dtype)
+    size = np.zeros(n_users, np.int64)
+    for e in range(user_idx.shape[0]):
+        u = user_idx[e]
+        it = np.int64(item_idx[e])
+        t = when[e]
+        n = size[u]
+        j = n
+        for z in range(n):
+            if items[u, z] == it:
+                j = z
+                break
+        if j < n:  # listed already: moves up when this row is later
+            if not t > times[u, j]:
+                continue
+        elif n == r:  # a full list: displaces the last when it comes before it
+            if not _later(t, it, times[u, r - 1], items[u, r - 1]):
+                continue
+            j = r - 1
+        else:
+            size[u] = n + 1
+        while j > 0 and _later(t, it, times[u, j - 1], items[u, j - 1]):
+            items[u, j] = items[u, j - 1]
+            times[u, j] = times[u, j - 1]
+            j -= 1
+        items[u, j] = it
+        times[u, j] = t
+    return items
 
 
 # --- item-kNN from co-occurrence ---------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from recall.kernel.compiled import latest_items
 from recall.kernel.state import Ranking
 from recall.model.matrix import US_PER_DAY, Interactions
 
@@ -39,14 +40,6 @@ def ranking(score: np.ndarray, allowed: np.ndarray) -> Ranking:
 
 
 def recent_items(inter: Interactions, r: int) -> np.ndarray:
-    """Each user's r most recent distinct items (by time, else by weight), -1 padded."""
-    n_users = len(inter.users)
+    """Each user's r most recent distinct items (by time, else by weight; ties by item), -1 padded."""
     order_key = inter.ts if inter.ts is not None else inter.weight
-    frame = pd.DataFrame({"u": inter.user_idx, "i": inter.item_idx, "t": order_key})
-    frame = frame.sort_values(["u", "t", "i"], ascending=[True, False, True], kind="stable")
-    frame = frame.drop_duplicates(["u", "i"])
-    frame["pos"] = frame.groupby("u", sort=False).cumcount()
-    frame = frame[frame["pos"] < r]
-    out = np.full((n_users, r), -1, np.int64)
-    out[frame["u"].to_numpy(), frame["pos"].to_numpy()] = frame["i"].to_numpy()
-    return out
+    return latest_items(inter.user_idx, inter.item_idx, order_key, len(inter.users), r)

@@ -65,3 +65,17 @@ def implicit_neighbours(user_items: sp.csr_matrix, kind: str, k: int, allowed: n
     items[row[top], rank[top]] = col[top]
     scores[row[top], rank[top]] = val[top]
     return items, scores
+
+
+def recent_items(user_idx: np.ndarray, item_idx: np.ndarray, when: np.ndarray, n_users: int, r: int) -> np.ndarray:
+    """Each user's r most recent distinct items by `when` (ties by item), -1 padded: pandas sorts."""
+    import pandas as pd
+
+    frame = pd.DataFrame({"u": user_idx, "i": item_idx, "t": when})
+    frame = frame.sort_values(["u", "t", "i"], ascending=[True, False, True], kind="stable")
+    frame = frame.drop_duplicates(["u", "i"])
+    frame["pos"] = frame.groupby("u", sort=False).cumcount()
+    frame = frame[frame["pos"] < r]
+    out = np.full((n_users, r), -1, np.int64)
+    out[frame["u"].to_numpy(), frame["pos"].to_numpy()] = frame["i"].to_numpy()
+    return out
