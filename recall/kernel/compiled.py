@@ -13,6 +13,7 @@ Kernels (pure functions of numpy arrays, `nogil`, no state but numba's on-disk c
 - ease_top_k_keys: summed EASE weight rows of each user's modelled items, cut to the top-k by a
   threshold guessed from a sample of the scores;
 - latest_items: each user's most recent distinct items (item_based's input);
+- fusion_table / hits_at_k: choosing the blend on the holdout (recall.evaluate.choose);
 - cooccurrence_top_n (+ cap_rows): item-kNN from co-occurrence, equal to implicit's BM25 /
   cosine recommenders (recall.model.itemknn), optionally with each user's items capped.
 Thread drivers (exact_search, ivf_search, probe_cells, item_based, ease, item_knn) split the rows into
@@ -887,6 +888,91 @@ def latest_items(user_idx, item_idx, when, n_users, r):
         items[u, j] = it
         times[u, j] = t
     return items
+
+
+# --- choosing the blend: the sources' lists side by side, and a blend's hits in its top-k --------
+
+
+@_jit()
+def fusion_table(items, source, rank, n_lists, offset, relevant_keys, n_items):
+    """Per row, the union of the sources' lists as candidate slots (recall.evaluate.choose.Fusion).
+
+    items: B x W, the lists' columns side by side (int64, -1 pads); source / rank: W, a column's
+    list and rank in it; relevant_keys: sorted row * n_items + item of the held-out pairs. A row's
+    slots are its distinct values in ascending order, pads (-1) first when it has any (as a stable
+    sort of the row numbers them), width the most any row has. Returns contrib (B x width x
+    n_lists float32: 1 / (offset + 1 + rank) where a list holds the slot's item), cand (B x width
+    int64: the slot's item, -1 for pads) and hit (B x width bool: a relevant pair)."""
+    b_total, w = items.shape
+    seen = np.full(n_items + 1, -1, np.int64)
+    width = 0
+    for b in range(b_total):
+        distinct = 0
+        for c in range(w):
+            v = items[b, c] + 1
+            if seen[v] != b:
+                seen[v] = b
+                distinct += 1
+        width = max(width, distinct)
+    contrib = np.zeros((b_total, width, n_lists), np.float32)
+    cand = np.full((b_total, width), -1, np.int64)
+    hit = np.zeros((b_total, width), np.bool_)
+    order = np.empty(w, np.int64)
+    for b in range(b_total):
+        for c in range(w):
+            order[c] = (items[b, c] + 1) * w + c
+        order.sort()  # by item, then column: the stable order
+        slot, previous = -1, -2
+        for q in range(w):
+            c = order[q] % w
+            it = items[b, c]
+            if it != previous:
+                slot += 1
+                previous = it
+            if it < 0:
+                continue
+            contrib[b, slot, source[c]] = np.float32(1.0 / (offset + 1 + rank[c]))
+            cand[b, slot] = it
+            key = b * n_items + it
+            at = np.searchsorted(relevant_keys, key)
+            hit[b, slot] = at < relevant_keys.shape[0] and relevant_keys[at] == key
+    return contrib, cand, hit
+
+
+@_jit()
+def hits_at_k(fused, hit, k):
+    """Per row: how many of the k largest of fused (B x C, >= 0) are hits with a positive score,
+    and whether that depends on which of the scores tied at the k-th largest are taken (then the
+    caller decides as its own selection would). Rows of at most k scores count every positive hit."""
+    b_total, c_total = fused.shape
+    count = np.zeros(b_total, np.int64)
+    unsure = np.zeros(b_total, np.bool_)
+    buf = np.empty(c_total, np.float32)
+    for b in range(b_total):
+        threshold = np.float32(0.0)
+        if c_total > k:
+            for c in range(c_total):
+                buf[c] = -fused[b, c]
+            _select(buf, c_total, k)
+            threshold = -buf[k - 1]  # the k-th largest
+        above = tied = 0
+        hits_above = hits_tied = 0
+        for c in range(c_total):
+            v = fused[b, c]
+            if v > threshold:
+                above += 1
+                hits_above += hit[b, c]
+            elif v == threshold:
+                tied += 1
+                hits_tied += hit[b, c]
+        count[b] = hits_above
+        if c_total <= k or threshold <= 0 or hits_tied == 0:
+            continue  # every positive score is in, or the tied ones are not positive or not hits
+        if hits_tied == tied or above + tied == k:
+            count[b] += min(hits_tied, k - above)  # all tied are hits, or all tied are in
+        else:
+            unsure[b] = True
+    return count, unsure
 
 
 # --- item-kNN from co-occurrence ---------------------------------------------------------------

@@ -79,3 +79,37 @@ def recent_items(user_idx: np.ndarray, item_idx: np.ndarray, when: np.ndarray, n
     out = np.full((n_users, r), -1, np.int64)
     out[frame["u"].to_numpy(), frame["pos"].to_numpy()] = frame["i"].to_numpy()
     return out
+
+
+def fusion(items_of: list[np.ndarray], relevant_keys: np.ndarray, n_items: int, k: int
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The choice's union of the sources' lists (contrib, cand, hit) by sorts over the rows, as
+    recall.evaluate.choose built it before compiled.fusion_table."""
+    from recall.kernel.blend import RRF_OFFSET
+
+    items = np.hstack([a[:, :k] for a in items_of])
+    source = np.hstack([np.full(a[:, :k].shape, s, np.int64) for s, a in enumerate(items_of)])
+    rank = np.hstack([np.broadcast_to(np.arange(a[:, :k].shape[1]), a[:, :k].shape) for a in items_of])
+    order = np.argsort(items, axis=1, kind="stable")
+    items, source, rank = (np.take_along_axis(a, order, 1) for a in (items, source, rank))
+    first = np.ones(items.shape, bool)
+    first[:, 1:] = items[:, 1:] != items[:, :-1]
+    slot = np.cumsum(first, axis=1) - 1
+    width = int(slot.max()) + 1 if slot.size else 0
+    u, c = np.nonzero(items >= 0)
+    contrib = np.zeros((items.shape[0], width, len(items_of)), np.float32)
+    contrib[u, slot[u, c], source[u, c]] = 1.0 / (RRF_OFFSET + 1 + rank[u, c])
+    cand = np.full((items.shape[0], width), -1, np.int64)
+    cand[u, slot[u, c]] = items[u, c]
+    hit = in_keys(relevant_keys, np.arange(items.shape[0])[:, None], cand, n_items)
+    return contrib, cand, hit
+
+
+def blend_hits(contrib: np.ndarray, hit: np.ndarray, weights: np.ndarray, k: int) -> np.ndarray:
+    """Per row: the hits with a positive score among the k best of the weighted blend, by numpy's
+    argpartition (the choice's selection before compiled.hits_at_k)."""
+    fused = contrib @ weights.astype(np.float32)
+    if fused.shape[1] > k:
+        top = np.argpartition(-fused, k - 1, axis=1)[:, :k]
+        fused, hit = np.take_along_axis(fused, top, 1), np.take_along_axis(hit, top, 1)
+    return (hit & (fused > 0)).sum(axis=1)
