@@ -367,6 +367,34 @@ def test_latest_items_equals_the_pandas_sort(seed, r, rows, float_times):
     np.testing.assert_array_equal(C.latest_items(user_idx, item_idx, when, n_users, r), want)
 
 
+@settings(max_examples=80, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(0, 300), st.sampled_from([0.0, 0.5, 2.0]), st.booleans())
+def test_popularity_equals_the_pandas_groupby(seed, rows, half_life, timed):
+    """The same float64 scores bit for bit: the decayed terms summed in the pairs' order of first
+    appearance, as pandas grouped them; repeated pairs with earlier and later times."""
+    import pyarrow as pa
+
+    from recall.model.matrix import US_PER_DAY, IdMap, Interactions
+    from recall.model.popularity import popularity
+
+    rng = np.random.default_rng(seed)
+    n_users, n_items, end_us = 11, 8, 30 * US_PER_DAY
+    user_idx = rng.integers(0, n_users, rows).astype(np.int32)
+    item_idx = rng.integers(0, n_items, rows).astype(np.int32)
+    ts = rng.integers(0, 30 * 24, rows) * (US_PER_DAY // 24) if timed else None
+    inter = Interactions(IdMap(pa.array(np.arange(n_users))), IdMap(pa.array(np.arange(n_items))), user_idx,
+                         item_idx, ts, np.ones(rows))
+    got = popularity(inter, np.ones(n_items, bool), end_us, 0, half_life)
+    score = reference.popularity_scores(user_idx, item_idx, ts, n_items, end_us, half_life)
+    want = np.lexsort((np.arange(n_items), -score))
+    np.testing.assert_array_equal(got.items, want)
+    np.testing.assert_array_equal(got.scores, score[want].astype(np.float32))
+    pairs, last = C.first_pairs(user_idx, item_idx, ts if timed else np.zeros(0, np.int64), n_users, n_items)
+    if timed and half_life:
+        np.testing.assert_array_equal(np.bincount(item_idx[pairs], weights=np.exp2(
+            -(np.maximum(end_us - last, 0) / US_PER_DAY) / half_life), minlength=n_items), score)
+
+
 # --- choosing the blend ---------------------------------------------------------------------------
 
 

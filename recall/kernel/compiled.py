@@ -12,7 +12,8 @@ Kernels (pure functions of numpy arrays, `nogil`, no state but numba's on-disk c
 - item_based_top_k: summed similarity over the neighbours of each user's recent items;
 - ease_top_k_keys: summed EASE weight rows of each user's modelled items, cut to the top-k by a
   threshold guessed from a sample of the scores;
-- latest_items: each user's most recent distinct items (item_based's input);
+- latest_items: each user's most recent distinct items (item_based's input); first_pairs: the
+  distinct (user, item) pairs with their latest time (the popularity rankings' input);
 - fusion_table / hits_at_k: choosing the blend on the holdout (recall.evaluate.choose);
 - cooccurrence_top_n (+ cap_rows): item-kNN from co-occurrence, equal to implicit's BM25 /
   cosine recommenders (recall.model.itemknn), optionally with each user's items capped.
@@ -888,6 +889,44 @@ def latest_items(user_idx, item_idx, when, n_users, r):
         items[u, j] = it
         times[u, j] = t
     return items
+
+
+@_jit()
+def first_pairs(user_idx, item_idx, when, n_users, n_items):
+    """The rows where each distinct (user, item) pair first appears, in row order, and each
+    pair's latest `when` (when: one per row, or empty for none): what a pandas groupby of the
+    pairs without sorting gives. Rows are grouped by user by a counting sort, O(rows)."""
+    n = user_idx.shape[0]
+    start = np.zeros(n_users + 1, np.int64)
+    for e in range(n):
+        start[user_idx[e] + 1] += 1
+    for u in range(n_users):
+        start[u + 1] += start[u]
+    rows = np.empty(n, np.int64)
+    fill = start[:n_users].copy()
+    for e in range(n):
+        u = user_idx[e]
+        rows[fill[u]] = e
+        fill[u] += 1
+    timed = when.shape[0] == n and n > 0
+    stamp = np.full(n_items, -1, np.int64)
+    first_row = np.empty(n_items, np.int64)  # of the item's pair with the current user
+    first = np.zeros(n, np.bool_)
+    latest = np.empty(n if timed else 0, when.dtype)  # at each pair's first row
+    for u in range(n_users):
+        for q in range(start[u], start[u + 1]):
+            e = rows[q]
+            it = item_idx[e]
+            if stamp[it] != u:
+                stamp[it] = u
+                first_row[it] = e
+                first[e] = True
+                if timed:
+                    latest[e] = when[e]
+            elif timed and when[e] > latest[first_row[it]]:
+                latest[first_row[it]] = when[e]
+    pairs = np.flatnonzero(first)
+    return pairs, latest[pairs] if timed else latest
 
 
 # --- choosing the blend: the sources' lists side by side, and a blend's hits in its top-k --------

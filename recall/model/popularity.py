@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
-from recall.kernel.compiled import latest_items
+from recall.kernel.compiled import first_pairs, latest_items
 from recall.kernel.state import Ranking
 from recall.model.matrix import US_PER_DAY, Interactions
 
@@ -13,22 +12,23 @@ def popularity(inter: Interactions, allowed: np.ndarray, end_us: int, days: int,
                half_life_days: float) -> Ranking:
     """Allowed items by distinct users (each user's latest interaction decayed), best first.
 
-    Distinct users rather than raw weight, so one heavy user cannot make an item popular.
+    Distinct users rather than raw weight, so one heavy user cannot make an item popular. The
+    decayed terms are summed in the order the pairs first appear in the log (as pandas grouped
+    them), so the float64 scores, and the order of near ties, stay what they were.
     """
     n_items = len(inter.items)
     mask = np.ones(len(inter.user_idx), dtype=bool)
     if days > 0 and inter.ts is not None:
         mask = inter.ts >= end_us - days * US_PER_DAY
-    frame = pd.DataFrame({"u": inter.user_idx[mask], "i": inter.item_idx[mask]})
-    if half_life_days > 0 and inter.ts is not None:
-        frame["t"] = inter.ts[mask]
-        last = frame.groupby(["u", "i"], sort=False)["t"].max()
-        age = np.maximum(end_us - last.to_numpy(), 0) / US_PER_DAY
-        score = np.bincount(last.index.get_level_values("i"), weights=np.exp2(-age / half_life_days),
-                            minlength=n_items)
+    users, items = inter.user_idx[mask], inter.item_idx[mask]
+    decay = half_life_days > 0 and inter.ts is not None
+    when = inter.ts[mask] if decay else np.zeros(0, np.int64)
+    pairs, last = first_pairs(users, items, when, len(inter.users), n_items)
+    if decay:
+        age = np.maximum(end_us - last, 0) / US_PER_DAY
+        score = np.bincount(items[pairs], weights=np.exp2(-age / half_life_days), minlength=n_items)
     else:
-        pairs = frame.drop_duplicates()
-        score = np.bincount(pairs["i"].to_numpy(), minlength=n_items).astype(np.float64)
+        score = np.bincount(items[pairs], minlength=n_items).astype(np.float64)
     return ranking(score, allowed)
 
 

@@ -113,3 +113,20 @@ def blend_hits(contrib: np.ndarray, hit: np.ndarray, weights: np.ndarray, k: int
         top = np.argpartition(-fused, k - 1, axis=1)[:, :k]
         fused, hit = np.take_along_axis(fused, top, 1), np.take_along_axis(hit, top, 1)
     return (hit & (fused > 0)).sum(axis=1)
+
+
+def popularity_scores(user_idx: np.ndarray, item_idx: np.ndarray, ts: np.ndarray | None, n_items: int, end_us: int,
+                      half_life_days: float) -> np.ndarray:
+    """Per item, distinct users (each user's latest row decayed): pandas groupby and bincount."""
+    import pandas as pd
+
+    from recall.model.matrix import US_PER_DAY
+
+    frame = pd.DataFrame({"u": user_idx, "i": item_idx})
+    if half_life_days > 0 and ts is not None:
+        frame["t"] = ts
+        last = frame.groupby(["u", "i"], sort=False)["t"].max()
+        age = np.maximum(end_us - last.to_numpy(), 0) / US_PER_DAY
+        return np.bincount(last.index.get_level_values("i"), weights=np.exp2(-age / half_life_days), minlength=n_items)
+    pairs = frame.drop_duplicates()
+    return np.bincount(pairs["i"].to_numpy(), minlength=n_items).astype(np.float64)
