@@ -285,6 +285,182 @@ def test_item_based_property(seed, k):
     np.testing.assert_array_equal(got_scores, want_scores)
 
 
+# --- ease ----------------------------------------------------------------------------------------
+
+
+def ease_case(rng, n_items=60, m=40, users=40, ties=False):
+    """EASE weights over m of n_items items (small integers when `ties`: many equal sums), and seen
+    rows of every kind: nothing seen, only unmodelled items, every modelled item."""
+    items = np.sort(rng.choice(n_items, size=m, replace=False)).astype(np.int64)
+    weights = (rng.integers(-2, 3, (m, m)) if ties else rng.normal(size=(m, m))).astype(np.float32)
+    np.fill_diagonal(weights, 0.0)
+    seen = random_csr(rng, users, n_items, 0.15).tolil()
+    seen[0, :] = 0  # nothing seen: every score 0
+    seen[1, :] = 0
+    seen[1, np.setdiff1d(np.arange(n_items), items)[:3]] = 1  # only unmodelled items
+    seen[2, items] = 1  # every modelled item: nothing left
+    seen = seen.tocsr().astype(np.float32)
+    seen.eliminate_zeros()
+    seen.sort_indices()
+    return weights, items, seen
+
+
+@pytest.mark.parametrize("k", [1, 7, 100])  # 100: more than the modelled items
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("ties", [False, True])
+def test_ease_equals_the_reference(k, threads, ties):
+    """The compiled EASE top-k gives scipy's product's scores bit for bit, ranked with ties by item."""
+    rng = np.random.default_rng(23)
+    weights, items, seen = ease_case(rng, ties=ties)
+    want, want_scores = reference.ease(weights, items, seen, k)
+    got, got_scores = C.ease(weights, items, seen, k, threads=threads, chunk=7)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got_scores, want_scores)
+    np.testing.assert_array_equal(got[0, :min(k, items.size)], items[:k])  # all tied at 0: the lowest items
+    assert (got[2] == -1).all()
+
+
+def test_ease_threshold_guess_on_a_realistic_size():
+    """m = 600 and k = 100: the threshold guessed from every 8th score is used, and where it is
+    too high (the sampled scores are the highest and user 3 saw those items) every unseen item is
+    collected instead: exact either way."""
+    rng = np.random.default_rng(5)
+    weights, items, seen = ease_case(rng, n_items=900, m=600, users=60)
+    weights[:, ::8] += 10.0
+    seen = seen.tolil()
+    seen[3, :] = 0
+    seen[3, items[::8]] = 1
+    seen = seen.tocsr()
+    seen.sort_indices()
+    want, want_scores = reference.ease(weights, items, seen, 100)
+    got, got_scores = C.ease(weights, items, seen, 100)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got_scores, want_scores)
+    assert (got[3] >= 0).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(1, 40), st.integers(1, 30), st.booleans())
+def test_ease_property(seed, k, m, ties):
+    rng = np.random.default_rng(seed)
+    weights, items, seen = ease_case(rng, n_items=m + 5, m=m, users=9, ties=ties)
+    want, want_scores = reference.ease(weights, items, seen, k)
+    got, got_scores = C.ease(weights, items, seen, k)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got_scores, want_scores)
+
+
+# --- recent items --------------------------------------------------------------------------------
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(1, 6), st.integers(1, 300), st.booleans())
+def test_latest_items_equals_the_pandas_sort(seed, r, rows, float_times):
+    """Repeated items, equal times (ties by item) and users without rows, in any row order."""
+    rng = np.random.default_rng(seed)
+    n_users, n_items = 12, 9
+    user_idx = rng.integers(0, n_users - 1, rows).astype(np.int32)  # the last user has no rows
+    item_idx = rng.integers(0, n_items, rows).astype(np.int32)
+    when = rng.integers(0, 6, rows) * 1_000_000
+    when = when.astype(np.float64) / 7 if float_times else when.astype(np.int64)
+    want = reference.recent_items(user_idx, item_idx, when, n_users, r)
+    np.testing.assert_array_equal(C.latest_items(user_idx, item_idx, when, n_users, r), want)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(0, 300), st.sampled_from([0.0, 0.5, 2.0]), st.booleans())
+def test_popularity_equals_the_pandas_groupby(seed, rows, half_life, timed):
+    """The same float64 scores bit for bit: the decayed terms summed in the pairs' order of first
+    appearance, as pandas grouped them; repeated pairs with earlier and later times."""
+    import pyarrow as pa
+
+    from recall.model.matrix import US_PER_DAY, IdMap, Interactions
+    from recall.model.popularity import popularity
+
+    rng = np.random.default_rng(seed)
+    n_users, n_items, end_us = 11, 8, 30 * US_PER_DAY
+    user_idx = rng.integers(0, n_users, rows).astype(np.int32)
+    item_idx = rng.integers(0, n_items, rows).astype(np.int32)
+    ts = rng.integers(0, 30 * 24, rows) * (US_PER_DAY // 24) if timed else None
+    inter = Interactions(IdMap(pa.array(np.arange(n_users))), IdMap(pa.array(np.arange(n_items))), user_idx,
+                         item_idx, ts, np.ones(rows))
+    got = popularity(inter, np.ones(n_items, bool), end_us, 0, half_life)
+    score = reference.popularity_scores(user_idx, item_idx, ts, n_items, end_us, half_life)
+    want = np.lexsort((np.arange(n_items), -score))
+    np.testing.assert_array_equal(got.items, want)
+    np.testing.assert_array_equal(got.scores, score[want].astype(np.float32))
+    pairs, last = C.first_pairs(user_idx, item_idx, ts if timed else np.zeros(0, np.int64), n_users, n_items)
+    if timed and half_life:
+        np.testing.assert_array_equal(np.bincount(item_idx[pairs], weights=np.exp2(
+            -(np.maximum(end_us - last, 0) / US_PER_DAY) / half_life), minlength=n_items), score)
+
+
+# --- choosing the blend ---------------------------------------------------------------------------
+
+
+def choice_case(rng, rows: int, n_items: int, n_lists: int, k: int):
+    """Lists of up to k items each (pads at the end) over few items, and relevant pairs."""
+    from recall.kernel.keys import dense_keys
+
+    lists = [random_lists(rng, rows, n_items, [k])[0].items for _ in range(n_lists)]
+    relevant = np.where(rng.random((rows, n_items)) < 0.3, np.arange(n_items), -1)
+    return lists, dense_keys(relevant, n_items)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(1, 4), st.integers(1, 40), st.integers(1, 12))
+def test_fusion_table_equals_the_sorting_reference(seed, n_lists, n_items, k):
+    from recall.kernel.blend import RRF_OFFSET
+
+    rng = np.random.default_rng(seed)
+    lists, keys = choice_case(rng, 9, n_items, n_lists, k)
+    want = reference.fusion(lists, keys, n_items, k)
+    items = np.hstack(lists)
+    source = np.repeat(np.arange(n_lists), k)
+    rank = np.tile(np.arange(k), n_lists)
+    got = C.fusion_table(items, source, rank, n_lists, RRF_OFFSET, keys, n_items)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(1, 4), st.integers(2, 40), st.integers(1, 12), st.data())
+def test_blend_recall_equals_argpartitions(seed, n_lists, n_items, k, data):
+    """The compiled count of the hits in each user's top k, with argpartition deciding the users
+    whose count depends on which of the scores tied at the cut it takes: argpartition's counts
+    exactly, with weights from the choice's grid (equal weights tie often)."""
+    from recall.evaluate.choose import WEIGHTS, fusion
+    from recall.kernel.state import Candidates
+
+    rng = np.random.default_rng(seed)
+    lists, keys = choice_case(rng, 40, n_items, n_lists, k)
+    candidates = {f"s{i}": Candidates(i, a, np.zeros(a.shape, np.float32)) for i, a in enumerate(lists)}
+    count = np.full(40, k)
+    f = fusion(candidates, keys, count, n_items, k, threads=data.draw(st.sampled_from([1, 2])))
+    weights = np.array(data.draw(st.lists(st.sampled_from(WEIGHTS), min_size=n_lists, max_size=n_lists)))
+    want = reference.blend_hits(f.contrib, f.hit, weights, k) / f.denominator
+    np.testing.assert_array_equal(f.recall(weights), want)
+    rows = np.arange(0, 40, 3)
+    np.testing.assert_array_equal(f.take(rows).recall(weights), want[rows])
+
+
+def test_blend_recall_ties_at_the_cut_go_argpartitions_way():
+    """Equal weights over few items: many users have hits and misses tied at the k-th score, where
+    the count depends on the selection; they get argpartition's."""
+    from recall.evaluate.choose import fusion
+    from recall.kernel.state import Candidates
+
+    rng = np.random.default_rng(3)
+    lists, keys = choice_case(rng, 300, 12, 3, 4)
+    f = fusion({f"s{i}": Candidates(i, a, np.zeros(a.shape, np.float32)) for i, a in enumerate(lists)},
+               keys, np.full(300, 4), 12, 4)
+    weights = np.array([1.0, 1.0, 0.5])
+    want = reference.blend_hits(f.contrib, f.hit, weights, 4)
+    counted, unsure = C.hits_at_k(f.contrib @ weights.astype(np.float32), f.hit, 4)
+    assert (counted[unsure] != want[unsure]).any()  # cases only the fallback decides
+    np.testing.assert_array_equal(f.recall(weights), want / f.denominator)
+
+
 # --- item-kNN ------------------------------------------------------------------------------------
 
 

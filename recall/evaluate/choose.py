@@ -9,12 +9,13 @@ milliseconds a step. The chosen blend is then scored with the real kernel on the
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
+from recall.kernel import compiled
 from recall.kernel.blend import RRF_OFFSET, Blend
-from recall.kernel.keys import in_keys
 from recall.kernel.state import Candidates
 
 WEIGHTS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)  # the grid each source's weight is chosen from
@@ -29,50 +30,59 @@ class Fusion:
     hit: np.ndarray  # U x C bool: the candidate is a relevant held-out item
     denominator: np.ndarray  # U: min(k, relevant items)
     k: int
+    threads: int = 1
 
-    def recall(self, weights: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """Per user of `rows`: recall@k of the weighted blend with `weights` (one per source)."""
-        fused = self.contrib[rows] @ weights.astype(np.float32)
-        if fused.shape[1] > self.k:
-            top = np.argpartition(-fused, self.k - 1, axis=1)[:, :self.k]
-            fused, hit = np.take_along_axis(fused, top, 1), np.take_along_axis(self.hit[rows], top, 1)
-        else:
-            hit = self.hit[rows]
-        return (hit & (fused > 0)).sum(axis=1) / self.denominator[rows]
+    def take(self, rows: np.ndarray) -> Fusion:
+        """The same candidates for the users at `rows` (copied once: every trial reads them)."""
+        return dataclasses.replace(self, contrib=self.contrib[rows], hit=self.hit[rows],
+                                   denominator=self.denominator[rows])
+
+    def recall(self, weights: np.ndarray) -> np.ndarray:
+        """Per user: recall@k of the weighted blend with `weights` (one per source).
+
+        The top k of each user's fused scores are counted compiled; a user whose count depends on
+        which of the scores tied at the k-th are taken gets numpy's argpartition, the selection
+        this has always made, so the choice stays what it was."""
+        fused = self.contrib @ weights.astype(np.float32)
+        hits = np.empty(fused.shape[0], np.int64)
+        unsure = np.empty(fused.shape[0], bool)
+
+        def run(a: int, b: int) -> None:
+            hits[a:b], unsure[a:b] = compiled.hits_at_k(fused[a:b], self.hit[a:b], self.k)
+
+        compiled.in_chunks(fused.shape[0], 2048, self.threads, run)
+        rows = np.flatnonzero(unsure)
+        if rows.size:
+            top = np.argpartition(-fused[rows], self.k - 1, axis=1)[:, :self.k]
+            taken, hit = np.take_along_axis(fused[rows], top, 1), np.take_along_axis(self.hit[rows], top, 1)
+            hits[rows] = (hit & (taken > 0)).sum(axis=1)
+        return hits / self.denominator
 
 
 def fusion(lists: dict[str, Candidates], relevant_keys: np.ndarray, relevant_count: np.ndarray,
-           n_items: int, k: int) -> Fusion:
-    """Precompute the union of the lists of every evaluated user. `relevant_keys` are the sorted
-    keys row * n_items + item of the held-out pairs, `relevant_count` each row's number of them."""
+           n_items: int, k: int, threads: int = 1) -> Fusion:
+    """Precompute the union of the lists of every evaluated user (compiled.fusion_table).
+    `relevant_keys` are the sorted keys row * n_items + item of the held-out pairs,
+    `relevant_count` each row's number of them."""
     names = tuple(lists)
-    items = np.hstack([lists[n].items[:, :k] for n in names])
-    source = np.hstack([np.full(lists[n].items[:, :k].shape, s, np.int64) for s, n in enumerate(names)])
-    rank = np.hstack([np.broadcast_to(np.arange(lists[n].items[:, :k].shape[1]), lists[n].items[:, :k].shape)
-                      for n in names])
-    order = np.argsort(items, axis=1, kind="stable")
-    items, source, rank = (np.take_along_axis(a, order, 1) for a in (items, source, rank))
-    first = np.ones(items.shape, bool)
-    first[:, 1:] = items[:, 1:] != items[:, :-1]
-    slot = np.cumsum(first, axis=1) - 1  # each entry's candidate position in its row
-    width = int(slot.max()) + 1 if slot.size else 0
-    u, c = np.nonzero(items >= 0)
-    contrib = np.zeros((items.shape[0], width, len(names)), np.float32)
-    contrib[u, slot[u, c], source[u, c]] = 1.0 / (RRF_OFFSET + 1 + rank[u, c])
-    cand = np.full((items.shape[0], width), -1, np.int64)
-    cand[u, slot[u, c]] = items[u, c]
-    hit = in_keys(relevant_keys, np.arange(items.shape[0])[:, None], cand, n_items)
-    return Fusion(names, contrib, hit, np.minimum(k, np.maximum(relevant_count, 1)).astype(np.float64), k)
+    widths = [lists[n].items[:, :k].shape[1] for n in names]
+    items = np.ascontiguousarray(np.hstack([lists[n].items[:, :k] for n in names]), dtype=np.int64)
+    source = np.repeat(np.arange(len(names), dtype=np.int64), widths)
+    rank = np.concatenate([np.arange(w, dtype=np.int64) for w in widths])
+    contrib, _, hit = compiled.fusion_table(items, source, rank, len(names), RRF_OFFSET,
+                                            np.ascontiguousarray(relevant_keys, dtype=np.int64), n_items)
+    return Fusion(names, contrib, hit, np.minimum(k, np.maximum(relevant_count, 1)).astype(np.float64), k, threads)
 
 
-def search_weights(f: Fusion, rows: np.ndarray, recall_of: dict[str, float]) -> dict[str, float]:
+def search_weights(f: Fusion) -> dict[str, float]:
     """Weights by coordinate ascent from the best single source: one source's weight at a time over
-    WEIGHTS, keeping what raises the mean recall on `rows`, until nothing does. Deterministic."""
-    names = sorted(f.names, key=lambda n: (-recall_of[n], n))
+    WEIGHTS, keeping what raises the mean recall on f's users, until nothing does. Deterministic."""
+    alone = {n: f.recall(np.eye(len(f.names))[i]).mean() for i, n in enumerate(f.names)}
+    names = sorted(f.names, key=lambda n: (-alone[n], n))
     index = {n: f.names.index(n) for n in names}
     weights = np.zeros(len(f.names))
     weights[index[names[0]]] = 1.0
-    best = f.recall(weights, rows).mean()
+    best = f.recall(weights).mean()
     improved = True
     while improved:
         improved = False
@@ -82,7 +92,7 @@ def search_weights(f: Fusion, rows: np.ndarray, recall_of: dict[str, float]) -> 
                 trial[index[name]] = value
                 if value == weights[index[name]] or not trial.any():
                     continue
-                score = f.recall(trial, rows).mean()
+                score = f.recall(trial).mean()
                 if score > best + 1e-12:
                     weights, best, improved = trial, score, True
     return {n: float(weights[index[n]]) for n in names if weights[index[n]] > 0}

@@ -86,9 +86,8 @@ def holdout_metrics(held: HoldoutSet, how: Blend, choose: bool, seed: int,
     if choose:
         rows_choose, rows = halves(held.evaluated.size, seed)
         _, keys, count = relevant_rows(held.evaluated, held.relevant, held.side.n_items)
-        fused = fusion(lists, keys, count, held.side.n_items, held.k)
-        alone = {n: fused.recall(np.eye(len(fused.names))[i], rows_choose).mean() for i, n in enumerate(fused.names)}
-        chosen = blend_of(search_weights(fused, rows_choose, alone))
+        fused = fusion(lists, keys, count, held.side.n_items, held.k, held.threads)
+        chosen = blend_of(search_weights(fused.take(rows_choose)))
         part = held.subset(rows_choose)
         choosing = part.score(part.merged(take(lists, rows_choose), chosen))
     report, mine = held.subset(rows), take(lists, rows)

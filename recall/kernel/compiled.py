@@ -1,5 +1,5 @@
 """Compiled (numba) kernels for the candidate search: exact and IVF top-k by inner product, the
-item_based aggregation and the co-occurrence item-kNN.
+item_based aggregation, the EASE scores and the co-occurrence item-kNN.
 
 Kernels (pure functions of numpy arrays, `nogil`, no state but numba's on-disk cache):
 - exact_top_k_keys / exact_top_k: BLAS tiles of queries x items, each row's running top-k kept in
@@ -10,9 +10,14 @@ Kernels (pure functions of numpy arrays, `nogil`, no state but numba's on-disk c
   cell and query tile), a (query, cell) pair skipped when the cell's largest norm cannot reach
   the query's k-th best (`cell_bounds`); nearest_cells picks the probes from a plain centroid array;
 - item_based_top_k: summed similarity over the neighbours of each user's recent items;
+- ease_top_k_keys: summed EASE weight rows of each user's modelled items, cut to the top-k by a
+  threshold guessed from a sample of the scores;
+- latest_items: each user's most recent distinct items (item_based's input); first_pairs: the
+  distinct (user, item) pairs with their latest time (the popularity rankings' input);
+- fusion_table / hits_at_k: choosing the blend on the holdout (recall.evaluate.choose);
 - cooccurrence_top_n (+ cap_rows): item-kNN from co-occurrence, equal to implicit's BM25 /
   cosine recommenders (recall.model.itemknn), optionally with each user's items capped.
-Thread drivers (exact_search, ivf_search, probe_cells, item_based, item_knn) split the rows into
+Thread drivers (exact_search, ivf_search, probe_cells, item_based, ease, item_knn) split the rows into
 fixed chunks and run the kernels on a thread pool with BLAS pinned to one thread.
 
 Order of results everywhere: score descending, ties by item index ascending, as the packed keys of
@@ -69,6 +74,7 @@ TILE_QUERIES = 256  # exact: queries scored together (their block of scores stay
 TILE_ITEMS = 2048  # exact: items per product
 IVF_TILE_QUERIES = 4096  # ivf: queries whose probes are grouped by cell
 IVF_BUFFER = 4  # ivf: a row's buffer holds 4k keys (most probed items pass while it fills)
+EASE_SAMPLE_STRIDE = 8  # ease: every 8th score guesses a row's threshold
 CHUNK = 32  # scores checked against the threshold at once before any is looked at alone
 
 # --- packed keys -------------------------------------------------------------------------
@@ -219,6 +225,18 @@ def _seek(ex_pos, e, e1, pos):
     return e
 
 
+@_jit(inline="always")
+def _chunk_below(block, a, c0, c1, thr):
+    """Whether block[a, c0:c1], a full CHUNK, holds no score reaching thr (False for a shorter tail)."""
+    if c1 - c0 != CHUNK:
+        return False
+    chunk = block[a, c0:c1]  # a full slice: LLVM vectorises the count below
+    hits = 0
+    for j in range(CHUNK):
+        hits += chunk[j] >= thr
+    return hits == 0
+
+
 @_jit()
 def _scan(block, bits, a, w, lo, item_idx, bufs, r, counts, limits, k, ex_pos, e, e1, one, one_bits):
     """Offer block[a, :w] (index positions lo...) to row r's buffer, excluded positions skipped.
@@ -233,13 +251,8 @@ def _scan(block, bits, a, w, lo, item_idx, bufs, r, counts, limits, k, ex_pos, e
     thr = _row_threshold(limit, one, one_bits)
     for c0 in range(0, w, CHUNK):
         c1 = min(c0 + CHUNK, w)
-        if c1 - c0 == CHUNK:
-            chunk = block[a, c0:c1]  # a full slice: LLVM vectorises the count below
-            hits = 0
-            for j in range(CHUNK):
-                hits += chunk[j] >= thr
-            if hits == 0:
-                continue
+        if _chunk_below(block, a, c0, c1, thr):
+            continue
         for j in range(c0, c1):
             if block[a, j] >= thr:
                 pos = lo + j
@@ -756,6 +769,251 @@ def fuse_top_k(items, contrib, code, n_lists, n_items, k):
     return out_items, out_scores, out_code
 
 
+# --- ease: summed rows of the EASE weights over a user's modelled items ---------------------------
+
+
+@_jit()
+def ease_top_k_keys(weights, item_idx, k, ex_indptr, ex_pos, stride=EASE_SAMPLE_STRIDE):
+    """Packed keys (B x k, ascending = best first, PAD where fewer) of each user's k best unseen
+    modelled items by EASE score.
+
+    weights: m x m float32 (row p: what modelled item p adds to every modelled item); item_idx:
+    position -> item (int64, ascending); ex_indptr (B + 1) / ex_pos: each user's seen positions,
+    sorted. A user's scores are the float32 sum of their seen rows added in ascending position
+    from zero, as scipy's sparse x dense product adds them (so the same bits).
+
+    Selection: a threshold is guessed from every `stride`-th score (low enough that about 2k
+    scores reach it), the unseen items that reach it are collected and cut to the k best; when
+    fewer than k unseen items reach it, every unseen item is collected instead, so the result is
+    exact either way. A running top-k over all m scores costs five times more: a fifth of the
+    scores would pass its early thresholds.
+    """
+    b_total = ex_indptr.shape[0] - 1
+    m = weights.shape[0]
+    keys = np.full((b_total, max(k, 0)), PAD, np.uint64)
+    kk = min(k, m)
+    if kk <= 0 or b_total == 0:
+        return keys
+    block = np.empty((1, m), np.float32)
+    bits = block.view(np.uint32)
+    row = block[0]  # summed through a 1-D view: LLVM vectorises that, not the 2-D indexing
+    found = np.empty(m, np.uint64)
+    tmp = np.empty(m, np.uint64)
+    sample = np.empty((m + stride - 1) // stride, np.float32)
+    rank = (2 * kk) // stride + 1  # the sample's rank-th largest: about 2k scores reach it
+    for b in range(b_total):
+        e0, e1 = ex_indptr[b], ex_indptr[b + 1]
+        row[:] = 0.0
+        for e in range(e0, e1):
+            source = weights[ex_pos[e]]
+            for j in range(m):
+                row[j] += source[j]
+        threshold = np.float32(-np.inf)
+        if rank < sample.shape[0]:
+            n = 0
+            for j in range(0, m, stride):
+                sample[n] = -row[j]
+                n += 1
+            _select(sample, n, rank)
+            threshold = -sample[rank - 1]
+        n = _collect(block, bits, threshold, item_idx, ex_pos, e0, e1, found)
+        if n < kk:
+            n = _collect(block, bits, np.float32(-np.inf), item_idx, ex_pos, e0, e1, found)
+        _finish(found, n, kk, keys[b], tmp)
+    return keys
+
+
+@_jit()
+def _collect(block, bits, threshold, item_idx, ex_pos, e, e1, found):
+    """The keys of the positions of block[0] whose score reaches `threshold`, excluded positions
+    (ex_pos[e:e1], sorted) skipped, into found; returns how many."""
+    n = 0
+    m = block.shape[1]
+    for c0 in range(0, m, CHUNK):
+        c1 = min(c0 + CHUNK, m)
+        if _chunk_below(block, 0, c0, c1, threshold):
+            continue
+        for j in range(c0, c1):
+            if block[0, j] >= threshold:
+                while e < e1 and ex_pos[e] < j:
+                    e += 1
+                if e < e1 and ex_pos[e] == j:
+                    continue
+                found[n] = _key(bits[0, j], item_idx[j])
+                n += 1
+    return n
+
+
+# --- each user's most recent distinct items ------------------------------------------------------
+
+
+@_jit(inline="always")
+def _later(t, item, t2, item2):
+    """Whether (t, item) comes before (t2, item2): later first, ties by the lower item."""
+    return t > t2 or (t == t2 and item < item2)
+
+
+@_jit()
+def latest_items(user_idx, item_idx, when, n_users, r):
+    """Each user's r distinct items with the latest `when` (an item counts by its latest row),
+    latest first, ties by item ascending; n_users x r int64, -1 pads. One pass over the rows in
+    any order, each user's list kept sorted (r is a handful)."""
+    items = np.full((n_users, r), -1, np.int64)
+    if r <= 0:
+        return items
+    times = np.empty((n_users, r), when.dtype)
+    size = np.zeros(n_users, np.int64)
+    for e in range(user_idx.shape[0]):
+        u = user_idx[e]
+        it = np.int64(item_idx[e])
+        t = when[e]
+        n = size[u]
+        j = n
+        for z in range(n):
+            if items[u, z] == it:
+                j = z
+                break
+        if j < n:  # listed already: moves up when this row is later
+            if not t > times[u, j]:
+                continue
+        elif n == r:  # a full list: displaces the last when it comes before it
+            if not _later(t, it, times[u, r - 1], items[u, r - 1]):
+                continue
+            j = r - 1
+        else:
+            size[u] = n + 1
+        while j > 0 and _later(t, it, times[u, j - 1], items[u, j - 1]):
+            items[u, j] = items[u, j - 1]
+            times[u, j] = times[u, j - 1]
+            j -= 1
+        items[u, j] = it
+        times[u, j] = t
+    return items
+
+
+@_jit()
+def first_pairs(user_idx, item_idx, when, n_users, n_items):
+    """The rows where each distinct (user, item) pair first appears, in row order, and each
+    pair's latest `when` (when: one per row, or empty for none): what a pandas groupby of the
+    pairs without sorting gives. Rows are grouped by user by a counting sort, O(rows)."""
+    n = user_idx.shape[0]
+    start = np.zeros(n_users + 1, np.int64)
+    for e in range(n):
+        start[user_idx[e] + 1] += 1
+    for u in range(n_users):
+        start[u + 1] += start[u]
+    rows = np.empty(n, np.int64)
+    fill = start[:n_users].copy()
+    for e in range(n):
+        u = user_idx[e]
+        rows[fill[u]] = e
+        fill[u] += 1
+    timed = when.shape[0] == n and n > 0
+    stamp = np.full(n_items, -1, np.int64)
+    first_row = np.empty(n_items, np.int64)  # of the item's pair with the current user
+    first = np.zeros(n, np.bool_)
+    latest = np.empty(n if timed else 0, when.dtype)  # at each pair's first row
+    for u in range(n_users):
+        for q in range(start[u], start[u + 1]):
+            e = rows[q]
+            it = item_idx[e]
+            if stamp[it] != u:
+                stamp[it] = u
+                first_row[it] = e
+                first[e] = True
+                if timed:
+                    latest[e] = when[e]
+            elif timed and when[e] > latest[first_row[it]]:
+                latest[first_row[it]] = when[e]
+    pairs = np.flatnonzero(first)
+    return pairs, latest[pairs] if timed else latest
+
+
+# --- choosing the blend: the sources' lists side by side, and a blend's hits in its top-k --------
+
+
+@_jit()
+def fusion_table(items, source, rank, n_lists, offset, relevant_keys, n_items):
+    """Per row, the union of the sources' lists as candidate slots (recall.evaluate.choose.Fusion).
+
+    items: B x W, the lists' columns side by side (int64, -1 pads); source / rank: W, a column's
+    list and rank in it; relevant_keys: sorted row * n_items + item of the held-out pairs. A row's
+    slots are its distinct values in ascending order, pads (-1) first when it has any (as a stable
+    sort of the row numbers them), width the most any row has. Returns contrib (B x width x
+    n_lists float32: 1 / (offset + 1 + rank) where a list holds the slot's item), cand (B x width
+    int64: the slot's item, -1 for pads) and hit (B x width bool: a relevant pair)."""
+    b_total, w = items.shape
+    seen = np.full(n_items + 1, -1, np.int64)
+    width = 0
+    for b in range(b_total):
+        distinct = 0
+        for c in range(w):
+            v = items[b, c] + 1
+            if seen[v] != b:
+                seen[v] = b
+                distinct += 1
+        width = max(width, distinct)
+    contrib = np.zeros((b_total, width, n_lists), np.float32)
+    cand = np.full((b_total, width), -1, np.int64)
+    hit = np.zeros((b_total, width), np.bool_)
+    order = np.empty(w, np.int64)
+    for b in range(b_total):
+        for c in range(w):
+            order[c] = (items[b, c] + 1) * w + c
+        order.sort()  # by item, then column: the stable order
+        slot, previous = -1, -2
+        for q in range(w):
+            c = order[q] % w
+            it = items[b, c]
+            if it != previous:
+                slot += 1
+                previous = it
+            if it < 0:
+                continue
+            contrib[b, slot, source[c]] = np.float32(1.0 / (offset + 1 + rank[c]))
+            cand[b, slot] = it
+            key = b * n_items + it
+            at = np.searchsorted(relevant_keys, key)
+            hit[b, slot] = at < relevant_keys.shape[0] and relevant_keys[at] == key
+    return contrib, cand, hit
+
+
+@_jit()
+def hits_at_k(fused, hit, k):
+    """Per row: how many of the k largest of fused (B x C, >= 0) are hits with a positive score,
+    and whether that depends on which of the scores tied at the k-th largest are taken (then the
+    caller decides as its own selection would). Rows of at most k scores count every positive hit."""
+    b_total, c_total = fused.shape
+    count = np.zeros(b_total, np.int64)
+    unsure = np.zeros(b_total, np.bool_)
+    buf = np.empty(c_total, np.float32)
+    for b in range(b_total):
+        threshold = np.float32(0.0)
+        if c_total > k:
+            for c in range(c_total):
+                buf[c] = -fused[b, c]
+            _select(buf, c_total, k)
+            threshold = -buf[k - 1]  # the k-th largest
+        above = tied = 0
+        hits_above = hits_tied = 0
+        for c in range(c_total):
+            v = fused[b, c]
+            if v > threshold:
+                above += 1
+                hits_above += hit[b, c]
+            elif v == threshold:
+                tied += 1
+                hits_tied += hit[b, c]
+        count[b] = hits_above
+        if c_total <= k or threshold <= 0 or hits_tied == 0:
+            continue  # every positive score is in, or the tied ones are not positive or not hits
+        if hits_tied == tied or above + tied == k:
+            count[b] += min(hits_tied, k - above)  # all tied are hits, or all tied are in
+        else:
+            unsure[b] = True
+    return count, unsure
+
+
 # --- item-kNN from co-occurrence ---------------------------------------------------------------
 
 
@@ -1094,6 +1352,22 @@ def item_based(neighbours: np.ndarray, similarity: np.ndarray, recent: np.ndarra
 
     in_chunks(b, chunk, threads, run)
     return items, scores
+
+
+def ease(weights: np.ndarray, items: np.ndarray, seen, k: int, threads: int = 1,
+         chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """ease_top_k_keys for a batch whose seen rows are the CSR `seen` (items: the modelled item
+    indices, ascending); (items, scores) B x k."""
+    items = np.ascontiguousarray(items, dtype=np.int64)
+    weights = np.ascontiguousarray(weights, dtype=np.float32)
+    ex_indptr, ex_pos = exclusion_lists(seen, items, seen.shape[0])
+    keys = np.empty((seen.shape[0], max(k, 0)), np.uint64)
+
+    def run(a: int, c: int) -> None:
+        keys[a:c] = ease_top_k_keys(weights, items, k, ex_indptr[a:c + 1], ex_pos)
+
+    in_chunks(seen.shape[0], chunk, threads, run)
+    return unpack_keys(keys)
 
 
 def cooccurrence_weights(user_items, kind: str, k1: float = 1.2, b: float = 0.75):

@@ -67,9 +67,16 @@ def reencode(inter: Interactions) -> Interactions:
     kept_users, kept_items = distinct(inter.user_idx), distinct(inter.item_idx)
     users = IdMap(inter.users.values.take(pa.array(kept_users)))
     items = IdMap(inter.items.values.take(pa.array(kept_items)))
-    u = np.searchsorted(kept_users, inter.user_idx).astype(np.int32)
-    i = np.searchsorted(kept_items, inter.item_idx).astype(np.int32)
-    return Interactions(users, items, u, i, inter.ts, inter.weight)
+    return Interactions(users, items, renumber(inter.user_idx, kept_users, len(inter.users)),
+                        renumber(inter.item_idx, kept_items, len(inter.items)), inter.ts, inter.weight)
+
+
+def renumber(idx: np.ndarray, kept: np.ndarray, n: int) -> np.ndarray:
+    """Each index's position among `kept` (the sorted distinct indices in use, of n): a table
+    lookup, where a search per row cost a second on 5M rows."""
+    position = np.zeros(n, np.int32)
+    position[kept] = np.arange(kept.size, dtype=np.int32)
+    return position[idx]
 
 
 def decayed(weight: np.ndarray, ts: np.ndarray | None, now_us: int, half_life_days: float) -> np.ndarray:

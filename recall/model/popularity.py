@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
+from recall.kernel.compiled import first_pairs, latest_items
 from recall.kernel.state import Ranking
 from recall.model.matrix import US_PER_DAY, Interactions
 
@@ -12,22 +12,23 @@ def popularity(inter: Interactions, allowed: np.ndarray, end_us: int, days: int,
                half_life_days: float) -> Ranking:
     """Allowed items by distinct users (each user's latest interaction decayed), best first.
 
-    Distinct users rather than raw weight, so one heavy user cannot make an item popular.
+    Distinct users rather than raw weight, so one heavy user cannot make an item popular. The
+    decayed terms are summed in the order the pairs first appear in the log (as pandas grouped
+    them), so the float64 scores, and the order of near ties, stay what they were.
     """
     n_items = len(inter.items)
     mask = np.ones(len(inter.user_idx), dtype=bool)
     if days > 0 and inter.ts is not None:
         mask = inter.ts >= end_us - days * US_PER_DAY
-    frame = pd.DataFrame({"u": inter.user_idx[mask], "i": inter.item_idx[mask]})
-    if half_life_days > 0 and inter.ts is not None:
-        frame["t"] = inter.ts[mask]
-        last = frame.groupby(["u", "i"], sort=False)["t"].max()
-        age = np.maximum(end_us - last.to_numpy(), 0) / US_PER_DAY
-        score = np.bincount(last.index.get_level_values("i"), weights=np.exp2(-age / half_life_days),
-                            minlength=n_items)
+    users, items = inter.user_idx[mask], inter.item_idx[mask]
+    decay = half_life_days > 0 and inter.ts is not None
+    when = inter.ts[mask] if decay else np.zeros(0, np.int64)
+    pairs, last = first_pairs(users, items, when, len(inter.users), n_items)
+    if decay:
+        age = np.maximum(end_us - last, 0) / US_PER_DAY
+        score = np.bincount(items[pairs], weights=np.exp2(-age / half_life_days), minlength=n_items)
     else:
-        pairs = frame.drop_duplicates()
-        score = np.bincount(pairs["i"].to_numpy(), minlength=n_items).astype(np.float64)
+        score = np.bincount(items[pairs], minlength=n_items).astype(np.float64)
     return ranking(score, allowed)
 
 
@@ -39,14 +40,6 @@ def ranking(score: np.ndarray, allowed: np.ndarray) -> Ranking:
 
 
 def recent_items(inter: Interactions, r: int) -> np.ndarray:
-    """Each user's r most recent distinct items (by time, else by weight), -1 padded."""
-    n_users = len(inter.users)
+    """Each user's r most recent distinct items (by time, else by weight; ties by item), -1 padded."""
     order_key = inter.ts if inter.ts is not None else inter.weight
-    frame = pd.DataFrame({"u": inter.user_idx, "i": inter.item_idx, "t": order_key})
-    frame = frame.sort_values(["u", "t", "i"], ascending=[True, False, True], kind="stable")
-    frame = frame.drop_duplicates(["u", "i"])
-    frame["pos"] = frame.groupby("u", sort=False).cumcount()
-    frame = frame[frame["pos"] < r]
-    out = np.full((n_users, r), -1, np.int64)
-    out[frame["u"].to_numpy(), frame["pos"].to_numpy()] = frame["i"].to_numpy()
-    return out
+    return latest_items(inter.user_idx, inter.item_idx, order_key, len(inter.users), r)

@@ -153,9 +153,8 @@ def search(data: Prepared, spec: JobSpec, threads: int, budget_s: float, max_tri
     held = tune_sources(held, model, choose, result, fixed, log, deadline)
     lists = held.source_lists(NAMES)
     _, keys, count = relevant_rows(held.evaluated, held.relevant, held.side.n_items)
-    fused = fusion(lists, keys, count, held.side.n_items, held.k)
-    alone = {n: fused.recall(np.eye(len(fused.names))[i], choose).mean() for i, n in enumerate(fused.names)}
-    result.best_blend = blend_of(search_weights(fused, choose, alone))
+    fused = fusion(lists, keys, count, held.side.n_items, held.k, held.threads)
+    result.best_blend = blend_of(search_weights(fused.take(choose)))
     part, mine = held.subset(report), take(lists, report)
     result.single = {name: part.score(c.items) for name, c in mine.items()}
     result.merged = part.score(part.merged(mine, result.best_blend))

@@ -9,14 +9,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg as la
-import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from recall.kernel.rows import best_per_row, pad_to
+from recall.kernel.compiled import ease as ease_top_k
 from recall.kernel.state import ItemSide, UserBatch
 from recall.sources.base import FitContext, Lists, Source
-
-TILE = 2048  # users scored together: a tile x items float32 block
 
 
 @dataclass(frozen=True)
@@ -56,29 +53,10 @@ def solve(items: np.ndarray, gram: np.ndarray, l2: float, threads: int) -> Ease:
 
 
 def candidates(side: ItemSide, batch: UserBatch, k: int, threads: int) -> Lists:
-    """Each user's k best unseen modelled items by summed B rows of what they saw."""
+    """Each user's k best unseen modelled items by summed B rows of what they saw (compiled:
+    recall.kernel.compiled.ease_top_k_keys)."""
     model: Ease = side.parts["ease"]
-    position = np.full(side.n_items, -1, np.int64)
-    position[model.items] = np.arange(model.items.size)
-    items_out, scores_out = [], []
-    for lo in range(0, batch.size, TILE):
-        rows = batch.seen[lo:lo + TILE]
-        mapped = position[rows.indices]
-        keep = mapped >= 0
-        row_of = np.repeat(np.arange(rows.shape[0]), np.diff(rows.indptr))[keep]
-        x = sp.csr_matrix((np.ones(row_of.size, np.float32), (row_of, mapped[keep])),
-                          shape=(rows.shape[0], model.items.size))
-        scores = np.asarray(x @ model.weights, dtype=np.float32)
-        scores[row_of, mapped[keep]] = -np.inf  # seen
-        width = min(k, model.items.size)
-        top = np.argpartition(-scores, width - 1, axis=1)[:, :width] if width < model.items.size else \
-            np.broadcast_to(np.arange(model.items.size), scores.shape)
-        got = np.take_along_axis(scores, top, 1)
-        items = np.where(np.isfinite(got), model.items[top], -1)
-        items, got = best_per_row(items, got, width)
-        items_out.append(items)
-        scores_out.append(got)
-    return pad_to(np.vstack(items_out), np.vstack(scores_out), k)
+    return ease_top_k(model.weights, model.items, batch.seen, k, threads)
 
 
 SOURCE = Source("ease", label="ease", default_weight=0.5, candidates=candidates, build=build)

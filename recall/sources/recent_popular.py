@@ -10,7 +10,7 @@ from recall.sources.base import FitContext, Lists, Source
 
 
 def build(ctx: FitContext) -> tuple[Ranking, dict]:
-    from recall.model.popularity import popularity  # pandas: for building only
+    from recall.model.popularity import popularity  # recall.model (implicit): for building only
 
     options = ctx.spec.recall.recent_popular
     return popularity(ctx.inter, ctx.allowed, ctx.end_us, options.days, options.half_life_days), {}
