@@ -275,12 +275,19 @@ def _scan(block, bits, a, w, lo, item_idx, bufs, r, counts, limits, k, ex_pos, e
 
 
 @_jit()
+def _smallest(a, n, k, tmp):
+    """Sort the min(k, n) smallest keys of a[:n] into a[:min(k, n)] and return that count."""
+    kk = min(k, n)
+    if n > kk:
+        _select(a, n, kk)
+    _sort(a, kk, tmp)
+    return kk
+
+
+@_jit()
 def _finish(buf, cnt, k, out, tmp):
     """A row's k best keys, sorted, PAD after the last."""
-    if cnt > k:
-        _select(buf, cnt, k)
-        cnt = k
-    _sort(buf, cnt, tmp)
+    cnt = _smallest(buf, cnt, k, tmp)
     out[:cnt] = buf[:cnt]
     out[cnt:] = PAD
 
@@ -685,10 +692,7 @@ def item_based_top_k(neighbours, similarity, recent, seen_indptr, seen_indices, 
         for t in range(nt):
             total[0] = np.float32(acc[touched[t]]) + np.float32(0.0)
             keys[t] = _key(total_bits[0], touched[t])
-        kk = min(k, nt)
-        if nt > kk:
-            _select(keys, nt, kk)
-        _sort(keys, kk, tmp)
+        kk = _smallest(keys, nt, k, tmp)
         for t in range(kk):
             items[b, t] = np.int64(keys[t] & np.uint64(0xFFFF_FFFF))
             total_bits[0] = _key_bits(keys[t])
@@ -756,10 +760,7 @@ def fuse_top_k(items, contrib, code, n_lists, n_items, k):
                 acc += vals[t, q]
             total[0] = np.float32(acc) + np.float32(0.0)
             keys[t] = _key(total_bits[0], touched[t])
-        kk = min(k, nt)
-        if nt > kk:
-            _select(keys, nt, kk)
-        _sort(keys, kk, tmp)
+        kk = _smallest(keys, nt, k, tmp)
         for t in range(kk):
             it = np.int64(keys[t] & np.uint64(0xFFFF_FFFF))
             out_items[b, t] = it
@@ -1124,10 +1125,7 @@ def cooccurrence_top_n(item_indptr, item_users, item_weights, user_indptr, user_
         for t in range(nt):
             acc[touched[t]] = 0.0
             mark[touched[t]] = False
-        kk = min(n, cnt)
-        if cnt > kk:
-            _select(keys, cnt, kk)
-        _sort(keys, kk, tmp)
+        kk = _smallest(keys, cnt, n, tmp)
         for t in range(kk):
             items[i - start, t] = np.int64(keys[t] & np.uint64(0xFFFF_FFFF))
             one_bits[0] = _key_bits(keys[t])
