@@ -16,6 +16,7 @@ import numpy as np
 
 from recall.kernel import compiled
 from recall.kernel.blend import RRF_OFFSET, Blend
+from recall.kernel.pool import in_chunks
 from recall.kernel.state import Candidates
 
 WEIGHTS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)  # the grid each source's weight is chosen from
@@ -50,7 +51,7 @@ class Fusion:
         def run(a: int, b: int) -> None:
             hits[a:b], unsure[a:b] = compiled.hits_at_k(fused[a:b], self.hit[a:b], self.k)
 
-        compiled.in_chunks(fused.shape[0], 2048, self.threads, run)
+        in_chunks(fused.shape[0], 2048, self.threads, run)
         rows = np.flatnonzero(unsure)
         if rows.size:
             top = np.argpartition(-fused[rows], self.k - 1, axis=1)[:, :self.k]

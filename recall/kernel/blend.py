@@ -10,7 +10,7 @@ from typing import Literal
 
 import numpy as np
 
-from recall.kernel.rows import compact, first_occurrence, from_ranking, sum_repeats, best_per_row
+from recall.kernel.rows import compact, first_occurrence, from_ranking
 from recall.kernel.state import Candidates, Merged, Ranking, UserBatch
 
 RRF_OFFSET = 60  # reciprocal-rank fusion constant (Cormack et al. 2009)
@@ -68,29 +68,17 @@ def fuse(lists: list[Candidates], weights: list[float], k: int, n_items: int | N
          threads: int = 1) -> Merged:
     """Weighted reciprocal-rank fusion; a row's source is the source contributing most to its score.
 
-    With the catalogue size `n_items`, the compiled kernel (recall.kernel.compiled.fuse_top_k);
-    without, the same sums with sorts over the rows (what the kernel is checked against)."""
-    if n_items is not None:
-        from recall.kernel import compiled  # numba: imported when a blend first needs it
+    With the catalogue size `n_items`, the kernels in use (recall.kernel.backend: compiled
+    fuse_top_k by default); without, the plain kernel's sums with sorts (what the compiled one is
+    checked against)."""
+    from recall.kernel import plain
+    from recall.kernel.backend import kernels
 
-        contrib = np.concatenate([weight / (RRF_OFFSET + 1 + np.arange(c.items.shape[1]))
-                                  for c, weight in zip(lists, weights)])
-        code = np.concatenate([np.full(c.items.shape[1], c.source, np.int8) for c in lists])
-        items, scores, source = compiled.fuse(np.hstack([c.items for c in lists]), contrib, code, len(lists),
-                                              n_items, k, threads)
-        return Merged(items, scores, source)
-    items = np.hstack([c.items for c in lists])
-    rank = np.hstack([np.broadcast_to(np.arange(c.items.shape[1]), c.items.shape) for c in lists])
-    w = np.hstack([np.full(c.items.shape, weight) for c, weight in zip(lists, weights)])
-    contrib = np.where(items >= 0, w / (RRF_OFFSET + 1 + rank), 0.0)
-    code = np.hstack([np.full(c.items.shape, c.source, np.int8) for c in lists])
-    # largest contribution first, so each item's run starts with the source that counts most
-    lead = np.argsort(-contrib, axis=1, kind="stable")
-    items, contrib, code = (np.take_along_axis(a, lead, 1) for a in (items, contrib, code))
-    items, totals, order = sum_repeats(items, contrib)
-    code = np.where(items >= 0, np.take_along_axis(code, order, 1), -1).astype(np.int8)
-    out_items, out_scores, out_src = best_per_row(items, totals, k, code)
-    return Merged(out_items, out_scores, np.where(out_items >= 0, out_src, -1).astype(np.int8))
+    contrib = np.concatenate([weight / (RRF_OFFSET + 1 + np.arange(c.items.shape[1]))
+                              for c, weight in zip(lists, weights)])
+    code = np.concatenate([np.full(c.items.shape[1], c.source, np.int8) for c in lists])
+    run = plain if n_items is None else kernels()
+    return Merged(*run.fuse(np.hstack([c.items for c in lists]), contrib, code, len(lists), n_items, k, threads))
 
 
 def top_up(merged: Merged, fallback: Ranking, fallback_code: int, batch: UserBatch,

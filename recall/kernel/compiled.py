@@ -24,6 +24,9 @@ Order of results everywhere: score descending, ties by item index ascending, as 
 `recall.kernel.keys.pack` order them (so -0.0 ranks just below +0.0, as today's search does); pads are
 item -1 with score -inf.
 
+recall.kernel.plain gives the same results as these for a batch of one user, in NumPy (a server's
+fold-in runs it and never loads numba); tests/test_plain.py holds the two together.
+
 Determinism: a row's result depends only on its inputs and on which rows share its chunk, never
 on the thread count. Selection is exact: the kept set is the k smallest keys whatever the order
 they arrive in. The only thing a chunk changes is float32 rounding of a BLAS product (OpenBLAS
@@ -32,12 +35,13 @@ rounds a dot product differently with the shape of the call): fixed chunks keep 
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import scipy.sparse as sp
 from numba import njit, prange
-from threadpoolctl import ThreadpoolController
+
+from recall.kernel.plain import TILE_ITEMS, item_positions  # TILE_ITEMS: the plain kernels' tiles too
+from recall.kernel.pool import in_chunks
 
 
 def _jit(**options):
@@ -71,7 +75,6 @@ def _warn_uncached(reason: str) -> None:
 
 PAD = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
 TILE_QUERIES = 256  # exact: queries scored together (their block of scores stays in L2)
-TILE_ITEMS = 2048  # exact: items per product
 IVF_TILE_QUERIES = 4096  # ivf: queries whose probes are grouped by cell
 IVF_BUFFER = 4  # ivf: a row's buffer holds 4k keys (most probed items pass while it fills)
 EASE_SAMPLE_STRIDE = 8  # ease: every 8th score guesses a row's threshold
@@ -1193,32 +1196,6 @@ def ivf_top_k_keys_parallel(queries, probes, offsets, vectors, item_idx, k, ex_i
 # --- thread drivers ------------------------------------------------------------------------------
 
 
-_controller: ThreadpoolController | None = None
-
-
-def single_threaded_blas():
-    """BLAS pinned to one thread. The libraries are looked up once per process (a lookup reads
-    /proc/self/maps: ~3 ms, more than a whole one-user search), then only their limits change."""
-    global _controller
-    if _controller is None:
-        _controller = ThreadpoolController()
-    return _controller.limit(limits=1, user_api="blas")
-
-
-def in_chunks(n: int, chunk: int, threads: int, run) -> None:
-    """Call run(start, stop) over [0, n) in chunks, on `threads` threads (the kernels release the
-    GIL), BLAS pinned to one thread so the threads do not oversubscribe the cores."""
-    starts = range(0, n, max(1, chunk))
-    with single_threaded_blas():
-        if threads <= 1 or n <= chunk:
-            for s in starts:
-                run(s, min(s + chunk, n))
-        else:
-            with ThreadPoolExecutor(max_workers=threads) as pool:
-                for f in [pool.submit(run, s, min(s + chunk, n)) for s in starts]:
-                    f.result()
-
-
 def fuse(items: np.ndarray, contrib: np.ndarray, code: np.ndarray, n_lists: int, n_items: int, k: int,
          threads: int = 1, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """fuse_top_k over `threads` threads."""
@@ -1242,10 +1219,7 @@ def exclusion_lists(exclude, item_idx: np.ndarray, rows: int) -> tuple[np.ndarra
     mapped to index positions, sorted within each row; items not in the index are dropped."""
     if exclude is None:
         return np.zeros(rows + 1, np.int64), np.zeros(0, np.int64)
-    if exclude.shape[0] != rows:
-        raise ValueError(f"exclude has {exclude.shape[0]} rows for {rows} queries")
-    position = np.full(max(int(item_idx.max(initial=-1)) + 1, exclude.shape[1]), -1, np.int64)
-    position[item_idx] = np.arange(item_idx.size)
+    position = item_positions(exclude, item_idx, rows)
     return excluded_positions(exclude.indptr.astype(np.int64), exclude.indices.astype(np.int64), position)
 
 

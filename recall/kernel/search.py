@@ -1,14 +1,14 @@
 """Top-k by inner product over an ItemIndex: exact (every item, in descending norm order, each
 row stopping once no further item can reach its k-th best) or approximate (IVF: only the cells a
-query probes, picked by direction from the centroids). Both run the compiled kernels of
-recall.kernel.compiled: BLAS tiles with the running top-k, excluded items skipped, kept in
-compiled code; query chunks run on `threads` threads."""
+query probes, picked by direction from the centroids). Both run the kernels of
+recall.kernel.backend (compiled by default: BLAS tiles with the running top-k, excluded items
+skipped, kept in compiled code; query chunks run on `threads` threads)."""
 from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
 
-from recall.kernel import compiled
+from recall.kernel.backend import kernels
 from recall.kernel.state import ItemIndex
 
 CHUNK = 2048  # queries a task: fixed, so results never depend on the thread count
@@ -27,16 +27,17 @@ def search(index: ItemIndex, queries: np.ndarray, k: int, exclude: sp.csr_matrix
     if k <= 0 or len(queries) == 0:
         return np.full((len(queries), 0), -1, np.int64), np.zeros((len(queries), 0), np.float32)
     q = np.ascontiguousarray(queries, dtype=np.float32)
-    ex_indptr, ex_pos = compiled.exclusion_lists(exclude, index.item_idx, len(q))
+    run = kernels()
+    ex_indptr, ex_pos = run.exclusion_lists(exclude, index.item_idx, len(q))
     if index.approx:
         probes = probe(index, q, nprobe or index.nprobe, threads)
-        return compiled.ivf_search(q, probes, index.offsets, index.vectors, index.item_idx, k, ex_indptr, ex_pos,
-                                   index.bounds, threads, CHUNK)
-    return compiled.exact_search(q, index.vectors, index.item_idx, k, ex_indptr, ex_pos, index.bounds, threads, CHUNK)
+        return run.ivf_search(q, probes, index.offsets, index.vectors, index.item_idx, k, ex_indptr, ex_pos,
+                              index.bounds, threads, CHUNK)
+    return run.exact_search(q, index.vectors, index.item_idx, k, ex_indptr, ex_pos, index.bounds, threads, CHUNK)
 
 
 def probe(index: ItemIndex, queries: np.ndarray, nprobe: int, threads: int = 1) -> np.ndarray:
     """Each query's `nprobe` nearest cells, nearest first. Probing is by direction: the cells were
     built on unit-bounded vectors, and a unit query (augmented by 0) ranks them by L2 distance,
     i.e. by inner product (a raw query's norm would let |centroid| decide)."""
-    return compiled.probe_cells(queries, index.centroids, min(nprobe, index.nlist), threads)
+    return kernels().probe_cells(queries, index.centroids, min(nprobe, index.nlist), threads)

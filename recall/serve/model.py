@@ -1,7 +1,8 @@
 """A built run's item side and fold-in model (recall.serve.build.save_side), loaded on the
-snapshot's first fold-in: the candidate kernel it runs (numba, scipy) costs a worker ~65 MB,
-which a server that only looks rows up never pays. The kernel is the nightly run's own
-(recall.sources.recommend), so a fold-in answers what the nightly run would have published.
+snapshot's first fold-in, which a server that only looks rows up never pays. The kernel is the
+nightly run's own (recall.sources.recommend), so a fold-in answers what the nightly run would have
+published; it runs with the plain kernels (recall.kernel.backend), which answer one user with the
+compiled kernels' bits without loading numba and LLVM (~100 MB a worker).
 """
 from __future__ import annotations
 
@@ -47,12 +48,14 @@ class Model:
     def recommend(self, history: np.ndarray, weights: np.ndarray | None, k: int) -> Folded:
         """The u2i list the nightly kernel gives a user with this history (item indices, most
         recent first; weights per item or None)."""
+        from recall.kernel.backend import plain_kernels
         from recall.kernel.foldin import fold_batch
         from recall.sources.recommend import recommend
 
         side, fold, how = self.load()
         batch = fold_batch(fold, [(history, weights)], int(self.meta["settings"]["recent_items"]), side.n_items)
-        merged = recommend(side, batch, how, k)
+        with plain_kernels():
+            merged = recommend(side, batch, how, k)
         valid = merged.items[0] >= 0
         return Folded(merged.items[0][valid], merged.scores[0][valid], merged.source[0][valid])
 
@@ -73,7 +76,6 @@ def open_model(folder: Path, meta: dict) -> tuple[Any, Any, Any]:
 
 def open_side(folder: Path, layout: dict):
     """The item side from its arrays (recall.serve.build.save_side)."""
-    from recall.kernel import compiled
     from recall.kernel.state import ItemIndex, ItemSide, Neighbours, Ranking
     from recall.sources.ease import Ease
 
@@ -81,9 +83,8 @@ def open_side(folder: Path, layout: dict):
     factors = mapped(folder / "side.factors.npy") if layout["factors"] else None
     parts = {}
     for name, entry in layout["parts"].items():
-        if entry.get("factors_order"):  # recall.serve.build.factors_order
-            parts[name] = ItemIndex(np.arange(len(factors), dtype=np.int64), factors,
-                                    bounds=compiled.norm_bounds(factors))
+        if entry.get("factors_order"):  # recall.serve.build.factors_order; no bounds: plain kernels need none
+            parts[name] = ItemIndex(np.arange(len(factors), dtype=np.int64), factors)
             continue
         cls = kinds[entry["kind"]]
         arrays = {f: mapped(folder / f"side.{name}.{f}.npy") for f in cls.__dataclass_fields__

@@ -11,7 +11,7 @@ import numpy as np
 import scipy.linalg as la
 from threadpoolctl import threadpool_limits
 
-from recall.kernel.compiled import ease as ease_top_k
+from recall.kernel.backend import kernels
 from recall.kernel.state import ItemSide, UserBatch
 from recall.sources.base import FitContext, Lists, Source
 
@@ -53,10 +53,9 @@ def solve(items: np.ndarray, gram: np.ndarray, l2: float, threads: int) -> Ease:
 
 
 def candidates(side: ItemSide, batch: UserBatch, k: int, threads: int) -> Lists:
-    """Each user's k best unseen modelled items by summed B rows of what they saw (compiled:
-    recall.kernel.compiled.ease_top_k_keys)."""
+    """Each user's k best unseen modelled items by summed B rows of what they saw."""
     model: Ease = side.parts["ease"]
-    return ease_top_k(model.weights, model.items, batch.seen, k, threads)
+    return kernels().ease(model.weights, model.items, batch.seen, k, threads)
 
 
 SOURCE = Source("ease", label="ease", default_weight=0.5, candidates=candidates, build=build)

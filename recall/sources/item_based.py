@@ -5,7 +5,7 @@ the ALS item factors.
 """
 from __future__ import annotations
 
-from recall.kernel.compiled import item_based
+from recall.kernel.backend import kernels
 from recall.kernel.state import ItemSide, Neighbours, UserBatch
 from recall.sources.base import FitContext, Lists, Source
 from recall.spec.sections import JobSpec
@@ -24,7 +24,7 @@ def build(ctx: FitContext) -> tuple[Neighbours, dict]:
 def candidates(side: ItemSide, batch: UserBatch, k: int, threads: int) -> Lists:
     """Unseen allowed neighbours of each user's recent items, by summed similarity."""
     near: Neighbours = side.parts["item_based"]
-    return item_based(near.items, near.scores, batch.recent, batch.seen, side.allowed, k, threads)
+    return kernels().item_based(near.items, near.scores, batch.recent, batch.seen, side.allowed, k, threads)
 
 
 def needs_factors(spec: JobSpec) -> bool:
