@@ -1,4 +1,4 @@
-"""`python -m bench.serve --size small|reference`: load-test `recall serve` on loopback.
+"""`python -m bench.serve --size small|reference|large`: load-test `recall serve` on loopback.
 
 1. Publishes a job on the benchmark's generated log through the CLI (`recall run`; the default
    sources als + item_based + recent_popular, so fold-in runs the full kernel), unless done.
@@ -9,7 +9,8 @@
 4. Fold-in: `--foldins` POSTs of real users' histories one at a time: p50, p99.
 5. Memory: RSS and PSS of the server's processes against the u2i partition's size on disk plus
    the item side's, after the lookups (every page of u2i they touch) and again after the
-   fold-ins (which load the item side and the compiled kernel into each worker that folds in).
+   fold-ins (which load the item side and the plain kernels, SciPy's BLAS, into each worker that
+   folds in); and PSS as it would be with every page of the built run touched.
 6. Reloads under load: `--reloads` new runs of the date are published through the commit
    protocol (the run's files as a new run id: what a forced rerun publishes, without training
    again) while lookups run; every answer must be 200.
@@ -168,14 +169,37 @@ def memory_kb(pid: int) -> tuple[int, int]:
     return rss, pss
 
 
-def memory(pid: int, disk: int) -> dict:
-    """RSS and PSS over the server's processes, against u2i + item side on disk (`disk` bytes)."""
+def mapped_kb(pid: int, under: str) -> tuple[int, dict[str, int]]:
+    """(PSS in kB of the process's mappings of files under `under`, {file: its size in kB})."""
+    pss, files, current = 0, {}, None
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split()
+        if head and "-" in head[0] and len(head) >= 5:  # a mapping's first line: range perms offset dev inode [path]
+            current = head[5] if len(head) > 5 and head[5].startswith(under) else None
+            if current and os.path.exists(current):
+                files[current] = os.path.getsize(current) // 1024
+        elif current and line.startswith("Pss:"):
+            pss += int(head[1])
+    return pss, files
+
+
+def memory(pid: int, disk: int, built: Path) -> dict:
+    """RSS and PSS over the server's processes, against u2i + item side on disk (`disk` bytes).
+
+    The workers map the built run (`built`); only the pages they have touched count in PSS. So
+    also: PSS as it would be with every page of the built run touched (once: the page cache
+    shares them), an upper bound that does not depend on how many users the lookups reached."""
     tree = process_tree(pid)
     mem = [memory_kb(p) for p in tree]
     pss = sum(m[1] for m in mem) / 1024
+    maps = [mapped_kb(p, str(built)) for p in tree]
+    files = {f: size for _, sizes in maps for f, size in sizes.items()}
+    all_touched = pss + (sum(files.values()) - sum(m[0] for m in maps)) / 1024
     return {"processes": len(tree), "rss_mb": sum(m[0] for m in mem) / 1024, "pss_mb": pss,
+            "pss_by_process_mb": [round(m[1] / 1024, 1) for m in mem],  # the server first, then its children
             "largest_rss_mb": max(m[0] for m in mem) / 1024, "u2i_plus_item_side_on_disk_mb": disk / 2 ** 20,
-            "pss_ratio": pss / (disk / 2 ** 20)}
+            "pss_ratio": pss / (disk / 2 ** 20), "pss_all_pages_touched_mb": all_touched,
+            "pss_all_pages_touched_ratio": all_touched / (disk / 2 ** 20)}
 
 
 HZ = os.sysconf("SC_CLK_TCK")
@@ -331,7 +355,7 @@ def sample_users_and_histories(root: Path, job: JobDir, date: str, users: int, h
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.serve", description=__doc__.split("\n")[0])
-    p.add_argument("--size", choices=("small", "reference"), default="small")
+    p.add_argument("--size", choices=("small", "reference", "large"), default="small")
     p.add_argument("--work", type=Path, default=Path("data/bench"))
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--connections", type=int, default=4)
@@ -356,12 +380,13 @@ def main(argv: list[str] | None = None) -> int:
         result["lookups"]["cpu"] = cpu = meter.cores()
         result["lookups"]["server_cpu_us_per_lookup"] = round(cpu.pop("server_cpu_s") / result["lookups"]["requests"] * 1e6, 1)
         disk = folder_bytes(job.partition("u2i", date)) + folder_bytes(job.partition(ITEM_SIDE, date))
-        result["memory_lookups"] = memory(server.pid, disk)  # before any fold-in loads the kernel
+        built = root / "data" / "serve"  # the built runs the workers map
+        result["memory_lookups"] = memory(server.pid, disk, built)  # before any fold-in loads the kernel
         meter = CpuMeter(server.pid)
         result["foldin"] = foldins(port, job.name, histories, a.foldins)
         result["foldin"]["cpu"] = meter.cores()
         result["foldin"]["cpu"].pop("server_cpu_s")
-        result["memory"] = memory(server.pid, disk)
+        result["memory"] = memory(server.pid, disk, built)
         served = get_json(f"http://127.0.0.1:{port}/healthz")["jobs"][job.name]["run_id"]
         result["memory"]["built_run_mb"] = folder_bytes(root / "data" / "serve" / job.name / served) / 2 ** 20
         if a.reloads:
@@ -423,7 +448,9 @@ def memory_line(mem: dict) -> str:
     budget = 1.5 * mem["u2i_plus_item_side_on_disk_mb"]
     return (f"{mem['processes']} processes, RSS {mem['rss_mb']:.0f} MB in all (largest {mem['largest_rss_mb']:.0f} MB), "
             f"PSS {mem['pss_mb']:.0f} MB = {mem['pss_ratio']:.2f}x u2i + item side on disk "
-            f"({mem['u2i_plus_item_side_on_disk_mb']:.0f} MB; 1.5x is {budget:.0f} MB)")
+            f"({mem['u2i_plus_item_side_on_disk_mb']:.0f} MB; 1.5x is {budget:.0f} MB); PSS by process "
+            f"{' + '.join(f'{m:.0f}' for m in mem['pss_by_process_mb'])} MB; with every page of the built run "
+            f"touched {mem['pss_all_pages_touched_mb']:.0f} MB = {mem['pss_all_pages_touched_ratio']:.2f}x")
 
 
 def report(r: dict) -> str:
