@@ -44,3 +44,15 @@ def test_bench_small_runs_and_agrees_with_the_peers(tmp_path):
     # the run published a real u2i table: every user of the log, k rows each
     table = pq.read_table(tmp_path / "work/small/out/bench/u2i/dt=2026-11-20")
     assert table.num_rows == res["shape"]["u2i_rows"] == res["shape"]["users"] * 100
+
+
+def test_bench_foldin_small_runs_and_the_kernels_agree(tmp_path):
+    """bench.foldin at the small size: it prints both kernels' figures, and every list the plain
+    kernels give equals the compiled kernels' (items, score bits, sources)."""
+    proc = subprocess.run([sys.executable, "-m", "bench.foldin", "--size", "small", "--work", str(tmp_path / "work"),
+                           "--histories", "60"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["identical"] == res["histories"] == 60
+    assert all(res[name]["p50_ms"] > 0 and res["pss_mb"][name] > 0 for name in ("compiled", "plain"))
+    assert "identical lists (items, score bits, sources): 60 of 60" in proc.stdout
