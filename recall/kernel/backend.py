@@ -2,7 +2,7 @@
 default: batches of users) or `plain` (NumPy, one user at a time). The two give the same lists
 and the same score bits for a batch of one user (tests/test_plain.py checks it), so choosing is a
 matter of cost: a server's fold-in answers one user, and with plain kernels never loads numba and
-LLVM (~100 MB a worker).
+LLVM (about 75 MB a worker, more while numba compiles; `python -m bench.foldin`).
 
     with plain_kernels():
         merged = recommend(side, batch, how, k)  # recall.sources.recommend, numba never imported

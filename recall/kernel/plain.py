@@ -9,9 +9,10 @@ at a time), never pairwise as np.sum would. Selection needs no care: both keep t
 packed keys (recall.kernel.keys.pack: score descending, ties by item) of the same candidates; the
 compiled kernels only skip, by bounds, candidates that cannot make the cut.
 
-For a server's fold-in (recall.kernel.backend.plain_kernels): it answers one user in about the
-time the compiled kernels take, and loads NumPy and SciPy's BLAS instead of numba and LLVM.
-Batches of many users belong to the compiled kernels; here each user is a batch of one.
+For a server's fold-in (recall.kernel.backend.plain_kernels): it answers one user in about twice
+the time the compiled kernels take (1.2 against 0.6 ms at 50k items: `python -m bench.foldin`),
+and a process that does so weighs 91 MB instead of 165 (NumPy and SciPy's BLAS, not numba and
+LLVM). Batches of many users belong to the compiled kernels; here each user is a batch of one.
 """
 from __future__ import annotations
 
