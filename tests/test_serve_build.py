@@ -94,7 +94,7 @@ def test_a_run_with_text_ids_looks_up_to_the_tables_rows(tmp_path, small_log, cl
         assert snap.item_values[snap.items.find(item)] == item
 
 
-HEAVY = ("pyarrow", "pandas", "scipy", "numba", "llvmlite", "implicit")  # ~100 MB a worker, each
+HEAVY = ("pyarrow", "pandas", "scipy", "numba", "llvmlite", "implicit")  # tens of MB a worker, each
 
 
 def lookups_import_nothing_heavy(built: Path, user: str) -> bool:

@@ -2,7 +2,7 @@
 snapshot's first fold-in, which a server that only looks rows up never pays. The kernel is the
 nightly run's own (recall.sources.recommend), so a fold-in answers what the nightly run would have
 published; it runs with the plain kernels (recall.kernel.backend), which answer one user with the
-compiled kernels' bits without loading numba and LLVM (~100 MB a worker).
+compiled kernels' bits without loading numba and LLVM (about 75 MB a worker: `python -m bench.foldin`).
 """
 from __future__ import annotations
 
