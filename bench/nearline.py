@@ -39,6 +39,7 @@ from bench import gen
 from bench.measure import machine_busy
 from bench.nearline_reference import expected_lists
 from bench.run import RUN_DATE
+from bench.spec import write_job
 from recall.jobs import find_job
 from recall.sources import NAMES
 from recall.store import item_side
@@ -47,39 +48,6 @@ from recall.store.overlay import read_fresh_manifest
 from recall.store.reader import read_table
 
 NEXT = RUN_DATE + dt.timedelta(days=1)
-SPEC = """\
-[job]
-name = "{name}"
-lookback_days = {days}
-
-[input]
-path = "log"
-event_weights = {{ view = 1.0, click = 3.0, purchase = 10.0 }}
-
-[model]
-factors = 64
-iterations = 15
-threads = 2
-
-[recall.u2i]
-k = 100
-blend = "weighted"  # every source with its default weight: the refresh's heaviest kernel, not one chosen per log
-
-[recall.i2i]
-k = 50
-
-[evaluate]
-holdout_days = 0
-
-[output]
-path = "out"
-keep_days = 3
-
-[nearline]
-schedule = "*/5 * * * *"
-"""
-
-
 def prepare(size: str, work: Path) -> Path:
     """The project folder: the generated log's days hard-linked under log/, the nightly run of
     RUN_DATE published through the CLI (once, then reused)."""
@@ -93,8 +61,10 @@ def prepare(size: str, work: Path) -> Path:
             target.mkdir(parents=True)
             for part in day.glob("*.parquet"):
                 os.link(part, target / part.name)
-    (root / "jobs").mkdir(parents=True, exist_ok=True)
-    (root / "jobs" / f"{size}.toml").write_text(SPEC.format(name=size, days=spec.days))
+    write_job(root / "jobs" / f"{size}.toml", size, spec.days, "log", {
+        "recall.u2i.blend": "weighted",  # every source, default weights: the refresh's heaviest kernel
+        "evaluate.holdout_days": 0, "output.path": "out", "output.keep_days": 3,
+        "nearline.schedule": "*/5 * * * *"})
     if not (root / "out" / size / "_LATEST").exists():
         print(f"publishing {size} for {RUN_DATE} (recall run)...", flush=True)
         started = time.perf_counter()

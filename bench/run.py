@@ -21,6 +21,7 @@ import pyarrow.dataset as ds
 
 from bench import gen, peers
 from bench.measure import Recorder, cpu_model, machine_busy
+from bench.spec import write_job
 from recall.engines.local import LocalEngine, write_i2i, write_popular, write_u2i
 from recall.ingest.window import Window
 from recall.jobs import load_job
@@ -33,39 +34,6 @@ from recall.timer import Timer
 
 RUN_DATE = dt.date(2026, 11, 20)
 SAMPLE = 5000  # users (and items) whose lists are compared with the peer's
-
-SPEC = """\
-[job]
-name = "bench"
-lookback_days = {days}
-
-[input]
-path = "{log}"
-event_weights = {{ view = 1.0, click = 3.0, purchase = 10.0 }}
-
-[model]
-factors = {factors}
-iterations = {iterations}
-threads = {threads}
-
-[recall.u2i]
-k = {k}
-search = "{search}"
-sources = ["als"]  # the search is what is measured against implicit's recommend
-
-[recall.i2i]
-k = {i2i_k}
-
-[evaluate]
-holdout_days = 0
-
-[output]
-path = "{out}"
-
-[log]
-dir = "{logs}"
-"""
-
 
 @dataclass
 class Options:
@@ -96,12 +64,11 @@ class Result:
 
 def write_spec(opts: Options, size: gen.LogSize, search: str) -> Path:
     root = opts.work.resolve() / opts.size
-    path = root / "bench.toml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(SPEC.format(days=size.days, log=root / "log", factors=opts.factors, iterations=opts.iterations,
-                                threads=opts.threads, k=opts.k, search=search, i2i_k=opts.i2i_k,
-                                out=root / "out", logs=root / "logs"))
-    return path
+    return write_job(root / "bench.toml", "bench", size.days, root / "log", {
+        "model.factors": opts.factors, "model.iterations": opts.iterations, "model.threads": opts.threads,
+        "recall.u2i.k": opts.k, "recall.u2i.search": search,
+        "recall.u2i.sources": ["als"],  # the search is what is measured against implicit's recommend
+        "recall.i2i.k": opts.i2i_k, "evaluate.holdout_days": 0, "output.path": root / "out", "log.dir": root / "logs"})
 
 
 def run(opts: Options) -> Result:

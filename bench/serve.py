@@ -28,11 +28,11 @@ import random
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import threading
 import time
+import tomllib
 import urllib.request
 from pathlib import Path
 
@@ -41,39 +41,11 @@ import pyarrow.parquet as pq
 
 from bench import gen
 from bench.run import RUN_DATE
+from bench.spec import write_job
 from recall.store.commit import Publication
 from recall.store.layout import ITEM_SIDE, JobDir
 from recall.store.records import TableInfo
 from recall.store.state import latest, read_manifest
-
-SPEC = """\
-[job]
-name = "{name}"
-lookback_days = {days}
-
-[input]
-path = "{log}"
-event_weights = {{ view = 1.0, click = 3.0, purchase = 10.0 }}
-
-[model]
-factors = 64
-iterations = 15
-threads = 2
-
-[recall.u2i]
-k = 100
-
-[recall.i2i]
-k = 50
-
-[evaluate]
-holdout_days = 0
-
-[output]
-path = "out"
-keep_days = 3
-"""
-
 
 def prepare(size: str, work: Path) -> tuple[Path, JobDir]:
     """The project folder with the published job (generated and run once, then reused)."""
@@ -81,8 +53,8 @@ def prepare(size: str, work: Path) -> tuple[Path, JobDir]:
     log = (work / size / "log").resolve()
     spec = gen.SIZES[size]
     gen.generate(log, RUN_DATE, spec)
-    (root / "jobs").mkdir(parents=True, exist_ok=True)
-    (root / "jobs" / f"{size}.toml").write_text(SPEC.format(name=size, days=spec.days, log=log))
+    write_job(root / "jobs" / f"{size}.toml", size, spec.days, log,
+              {"evaluate.holdout_days": 0, "output.path": "out", "output.keep_days": 3})
     job = JobDir(root / "out" / size)
     if latest(job) is None:
         print(f"publishing {size} on {log} (recall run)...", flush=True)
@@ -344,8 +316,7 @@ def sample_users_and_histories(root: Path, job: JobDir, date: str, users: int, h
     ids = sorted(set(ids))
     rng = random.Random(seed)
     chosen = rng.sample(ids, min(users, len(ids)))
-    spec_log = Path(next(l for l in (root / "jobs" / f"{job.name}.toml").read_text().splitlines()
-                         if l.startswith("path = ")).split('"')[1])
+    spec_log = Path(tomllib.loads((root / "jobs" / f"{job.name}.toml").read_text())["input"]["path"])
     day = pq.read_table(sorted(spec_log.glob("dt=*/*.parquet"))[-1], columns=["user_id", "item_id", "ts"])
     frame = day.to_pandas().sort_values(["user_id", "ts"], ascending=[True, False])
     groups = [g["item_id"].drop_duplicates().tolist()[:50] for _, g in frame.groupby("user_id") if len(g) >= 3]

@@ -21,46 +21,10 @@ from pathlib import Path
 
 from bench import gen
 from bench.measure import cpu_model, machine_busy
+from bench.spec import write_job
 
 RUN_DATE = dt.date(2026, 11, 20)
 STEPS = ("prepare", "train", "u2i", "i2i", "popular", "publish")
-SPEC = """\
-[job]
-name = "bench_spark"
-lookback_days = {days}
-engine = "{engine}"
-
-[input]
-path = "{log}"
-event_weights = {{ view = 1.0, click = 3.0, purchase = 10.0 }}
-
-[model]
-factors = {factors}
-iterations = {iterations}
-threads = {threads}
-
-[recall.u2i]
-k = {k}
-search = "exact"
-sources = ["als"]
-
-[recall.i2i]
-k = 50
-
-[evaluate]
-holdout_days = 0
-
-[output]
-path = "{out}"
-
-[log]
-dir = "{logs}"
-
-[spark]
-master = "{master}"
-"""
-
-
 CLOCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -122,9 +86,10 @@ def one(engine: str, master: str, size: str, factors: int, iterations: int, thre
     spec_path = root / f"bench-{tag}.toml"
     out = root / f"out-{tag}"
     shutil.rmtree(out, ignore_errors=True)
-    spec_path.write_text(SPEC.format(days=shape.days, engine=engine, log=root / "log", factors=factors,
-                                     iterations=iterations, threads=threads, k=k, out=out, logs=root / "logs",
-                                     master=master))
+    write_job(spec_path, "bench_spark", shape.days, root / "log", {
+        "job.engine": engine, "model.factors": factors, "model.iterations": iterations, "model.threads": threads,
+        "recall.u2i.k": k, "recall.u2i.search": "exact", "recall.u2i.sources": ["als"], "evaluate.holdout_days": 0,
+        "output.path": out, "log.dir": root / "logs", "spark.master": master})
     spec = load_job(spec_path)
     cores = local_cores(master)
     if engine == "spark" and cores and cores < len(os.sched_getaffinity(0)):

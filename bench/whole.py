@@ -25,6 +25,7 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from bench import gen
+from bench.spec import write_job
 
 EVENT_WEIGHTS = gen.EVENT_WEIGHTS
 BATCH = 8192
@@ -93,45 +94,14 @@ def pipeline(root: Path, job: str, date: str, overrides: tuple[str, ...]) -> tup
     return seconds, manifest
 
 
-SPEC = """\
-[job]
-name = "whole"
-lookback_days = {days}
-
-[input]
-path = "{log}"
-event_weights = {{ view = 1.0, click = 3.0, purchase = 10.0 }}
-
-[model]
-factors = {factors}
-iterations = {iterations}
-threads = {threads}
-
-[recall.u2i]
-k = {k}
-
-[recall.i2i]
-k = {k}
-
-[output]
-path = "{out}"
-
-[autotune]
-every_days = 0  # the settings search (every 7 days by default) is measured as a row of its own
-
-[log]
-dir = "{logs}"
-"""
-
-
 def compare(log: Path, work: Path, date: str, days: int, k: int, factors: int, iterations: int, threads: int,
             repeat: int = 2, search: bool = True) -> dict:
     """Interleaved runs of the script and of each pipeline configuration; the best wall time of each."""
     root = work / "whole"
-    (root / "jobs").mkdir(parents=True, exist_ok=True)
-    (root / "jobs" / "whole.toml").write_text(SPEC.format(days=days, log=log, factors=factors, iterations=iterations,
-                                                          threads=threads, k=k, out=root / "out",
-                                                          logs=root / "logs"))
+    write_job(root / "jobs" / "whole.toml", "whole", days, log, {
+        "model.factors": factors, "model.iterations": iterations, "model.threads": threads,
+        "recall.u2i.k": k, "recall.i2i.k": k, "output.path": root / "out", "log.dir": root / "logs",
+        "autotune.every_days": 0})  # the settings search (every 7 days by default) is measured as a row of its own
     configs = list(CONFIGS)
     if search:
         configs.append(Config("default spec, evaluation on, settings search due",
