@@ -374,12 +374,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+# a build at nice 10 (recall.serve.build) on a machine the load keeps busy: ~20 s at the reference
+# size, ~60 s at the large one (34 s on a quiet machine)
+RELOAD_ESTIMATE_S = {"small": 10.0, "reference": 25.0, "large": 80.0}
+
+
 def reloads_under_load(port: int, job: JobDir, date: str, users: list, a, tool: str) -> dict:
     """`a.reloads` times: lookups run for a window while a new run is published and waited for
     until it is served; the window is sized from the slowest reload so far (a build at the
     reference size takes seconds), so every swap happens under load."""
     served, seconds_each, phases = [], [], []
-    estimate = 25.0  # a build at nice 10 (recall.serve.build) on a machine the load keeps busy: ~20 s
+    estimate = RELOAD_ESTIMATE_S[a.size]  # the first window's guess; then the slowest reload so far
     for n in range(a.reloads):
         outcome: dict = {}
         window = round(2 * estimate + 3)
