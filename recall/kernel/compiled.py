@@ -24,6 +24,10 @@ Order of results everywhere: score descending, ties by item index ascending, as 
 `recall.kernel.keys.pack` order them (so -0.0 ranks just below +0.0, as today's search does); pads are
 item -1 with score -inf.
 
+One file on purpose: numba's on-disk cache of a kernel is invalidated by its own source file only,
+so kernels that inline one another (the packed keys, the running top-k) must share a file, or an
+edit to one would leave the others' cached machine code stale.
+
 recall.kernel.plain gives the same results as these for a batch of one user, in NumPy (a server's
 fold-in runs it and never loads numba); tests/test_plain.py holds the two together.
 
