@@ -7,7 +7,8 @@ each folded in (`recall.kernel.foldin`) and answered by `recommend()` as a batch
 compiled kernels (numba) and with the plain ones (NumPy; what `recall serve` runs), interleaved.
 Prints p50 and p99 of each, their ratio, how many lists are identical (items, score bits,
 sources), and what a process that folds in weighs with each (PSS of a fresh interpreter that
-opens the run as `recall serve` builds it, its item side, and answers 50 fold-ins).
+opens the run as `recall serve` builds it, its item side, and answers 50 fold-ins), against one
+that has only opened the run.
 """
 from __future__ import annotations
 
@@ -52,9 +53,10 @@ import numpy as np
 from recall.serve.snapshot import Snapshot
 
 model = Snapshot.open(Path(sys.argv[1])).model
-side, fold, how = model.load()
+if sys.argv[2] != "none":  # "none": the run opened only, as a worker that has not folded in yet
+    side, fold, how = model.load()
 rng = np.random.default_rng(0)
-for _ in range(50):
+for _ in range(50 if sys.argv[2] != "none" else 0):
     history = rng.integers(0, side.n_items, 60)
     if sys.argv[2] == "plain":
         model.recommend(history, None, 100)
@@ -70,8 +72,8 @@ print(next(int(line.split()[1]) for line in Path("/proc/self/smaps_rollup").read
 
 def memory_mb(built: Path, kernels: str) -> float:
     """PSS of a fresh interpreter that opens the run as `recall serve` builds it and folds users
-    in (the item side, the fold-in, the kernels: plain as a server worker does, or compiled),
-    importing nothing else."""
+    in (the item side, the fold-in, the kernels: plain as a server worker does, or compiled), or
+    (`none`) only opens it, importing nothing else."""
     out = subprocess.run([sys.executable, "-c", SERVE_LIKE, str(built), kernels], capture_output=True, text=True,
                          check=True).stdout
     return float(out)
@@ -109,12 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         built = Path(tmp) / "built"
         build(job, latest(job), read_manifest(job, latest(job)).run_id, built)
-        result["pss_mb"] = {name: memory_mb(built, name) for name in ("compiled", "plain")}
+        result["pss_mb"] = {name: memory_mb(built, name) for name in ("none", "compiled", "plain")}
     print(f"fold-in kernel, one user at a time, size {a.size} ({fold.n_items:,} items, sources "
           f"{', '.join(result['sources'])}, {result['search']} search; {len(histories)} histories of {a.items} items):")
     for name in ("compiled", "plain"):
         print(f"  {name:8s} p50 {result[name]['p50_ms']:.3f} ms, p99 {result[name]['p99_ms']:.3f} ms; "
               f"a process that folds in: PSS {result['pss_mb'][name]:.0f} MB")
+    print(f"  a process that has only opened the run: PSS {result['pss_mb']['none']:.0f} MB")
     print(f"  plain / compiled p50 {result['plain_over_compiled_p50']:.2f}x; identical lists (items, score bits, "
           f"sources): {same} of {len(histories)}")
     print(json.dumps(result))

@@ -55,4 +55,5 @@ def test_bench_foldin_small_runs_and_the_kernels_agree(tmp_path):
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     assert res["identical"] == res["histories"] == 60
     assert all(res[name]["p50_ms"] > 0 and res["pss_mb"][name] > 0 for name in ("compiled", "plain"))
+    assert res["pss_mb"]["none"] > 0
     assert "identical lists (items, score bits, sources): 60 of 60" in proc.stdout

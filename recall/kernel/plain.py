@@ -11,7 +11,7 @@ compiled kernels only skip, by bounds, candidates that cannot make the cut.
 
 For a server's fold-in (recall.kernel.backend.plain_kernels): it answers one user in about twice
 the time the compiled kernels take (1.2 against 0.6 ms at 50k items: `python -m bench.foldin`),
-and a process that does so weighs 91 MB instead of 165 (NumPy and SciPy's BLAS, not numba and
+and a process that does so weighs 92 MB instead of 164 (NumPy and SciPy's BLAS, not numba and
 LLVM). Batches of many users belong to the compiled kernels; here each user is a batch of one.
 """
 from __future__ import annotations
@@ -114,7 +114,8 @@ def exact_search(queries: np.ndarray, vectors: np.ndarray, item_idx: np.ndarray,
                  chunk: int = 2048, product_kind: str = "numba", tile_queries: int = 0,
                  tile_items: int = TILE_ITEMS) -> tuple[np.ndarray, np.ndarray]:
     """compiled.exact_search for each query as a batch of one: every item tile's products, no
-    early stop (it only skips what cannot make the top k)."""
+    early stop (it only skips what cannot make the top k). Takes the compiled driver's arguments;
+    bounds, threads, chunk, product_kind and tile_queries do not apply to one query at a time."""
     q = np.ascontiguousarray(queries, dtype=np.float32)
     n = len(vectors)
 

@@ -3,8 +3,9 @@ request. This is what keeps a server's memory near the table's Parquet size inst
 
 A block holds the rows of BLOCK_KEYS consecutive keys, column after column: item indices as they
 are (read back without a copy), scores with their bytes shuffled (byte 0 of every value, then
-byte 1, ...), as Blosc does, so the slowly changing high bytes compress, and source codes. A blended table has few distinct scores (reciprocal-rank sums), so its scores
-are stored as indices into the table's sorted distinct scores when that is smaller: 1.7 bytes a
+byte 1, ...), as Blosc does, so the slowly changing high bytes compress, and source codes. A
+blended table has few distinct scores (reciprocal-rank sums), so its scores are stored as
+indices into the table's sorted distinct scores when that is smaller: 1.7 bytes a
 score instead of 2.7 (measured on the reference run's u2i). Decoding one key costs one block's
 decompression: about 10 microseconds for 16 keys of 100 rows.
 
